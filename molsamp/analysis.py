@@ -1,0 +1,72 @@
+"""Observables people look at: backbone dihedrals and Ramachandran free-energy maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from molsamp.units import kT
+
+if TYPE_CHECKING:
+    import mdtraj
+
+
+def backbone_dihedrals(trajectory: mdtraj.Trajectory) -> tuple[np.ndarray, np.ndarray]:
+    """φ and ψ (radians) of the first residue that has both, shape (F,) each."""
+    import mdtraj
+
+    _, phi = mdtraj.compute_phi(trajectory)
+    _, psi = mdtraj.compute_psi(trajectory)
+    if phi.shape[1] == 0 or psi.shape[1] == 0:
+        raise ValueError(
+            "the topology has no backbone φ/ψ dihedral (needs a capped amino acid or peptide)"
+        )
+    return phi[:, 0], psi[:, -1] if psi.shape[1] == 1 else psi[:, 0]
+
+
+def free_energy_2d(
+    phi: np.ndarray,
+    psi: np.ndarray,
+    temperature: float,
+    bins: int = 60,
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """F(φ, ψ) = −kT ln p in kJ/mol (minimum 0, empty bins inf) and the bin edges (radians)."""
+    edges = np.linspace(-np.pi, np.pi, bins + 1)
+    histogram, _, _ = np.histogram2d(phi, psi, bins=[edges, edges], weights=weights, density=True)
+    with np.errstate(divide="ignore"):
+        free_energy = -kT(temperature) * np.log(histogram)
+    return free_energy - free_energy[np.isfinite(free_energy)].min(), edges
+
+
+def plot_ramachandran(
+    phi: np.ndarray,
+    psi: np.ndarray,
+    temperature: float,
+    path: str | Path,
+    title: str = "Ramachandran free energy",
+    weights: np.ndarray | None = None,
+) -> Path:
+    """Write a PNG of F(φ, ψ) in kJ/mol; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    free_energy, edges = free_energy_2d(phi, psi, temperature, weights=weights)
+    degrees = np.degrees(edges)
+    figure, axes = plt.subplots(figsize=(5.2, 4.4), dpi=120)
+    mesh = axes.pcolormesh(degrees, degrees, free_energy.T, cmap="viridis", vmax=30.0)
+    figure.colorbar(mesh, ax=axes, label="free energy (kJ/mol)")
+    axes.set(
+        xlabel="φ (degrees)", ylabel="ψ (degrees)", title=title, xlim=(-180, 180), ylim=(-180, 180)
+    )
+    axes.set_xticks(range(-180, 181, 90))
+    axes.set_yticks(range(-180, 181, 90))
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    plt.close(figure)
+    return path

@@ -1,0 +1,167 @@
+"""The ``molsamp`` command: ``molsamp demo`` and ``molsamp md``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from molsamp import systems
+from molsamp.integrators import LangevinBAOAB, SimulationExploded, simulate
+from molsamp.io import CSVReporter, TrajectoryReporter
+from molsamp.units import ps_from_fs
+
+
+def _add_md_arguments(parser: argparse.ArgumentParser, steps: int, output: str) -> None:
+    parser.add_argument(
+        "--steps", type=int, default=steps, help="number of MD steps (default %(default)s)"
+    )
+    parser.add_argument(
+        "--timestep-fs", type=float, default=1.0, help="time step in fs (default %(default)s)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=300.0, help="temperature in K (default %(default)s)"
+    )
+    parser.add_argument(
+        "--friction", type=float, default=1.0, help="friction in 1/ps (default %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    parser.add_argument(
+        "--output", type=Path, default=Path(output), help="output folder (default %(default)s)"
+    )
+    parser.add_argument(
+        "--report-interval", type=int, default=500, help="steps between frames/rows"
+    )
+    parser.add_argument(
+        "--checkpoint-interval", type=int, default=100_000, help="steps between checkpoints"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt if present"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="molsamp", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser(
+        "demo", help="Langevin MD of alanine dipeptide with a Ramachandran report"
+    )
+    _add_md_arguments(demo, steps=2_000_000, output="molsamp-demo")
+
+    md = commands.add_parser(
+        "md", help="Langevin MD of a built-in system or a PDB with a force field"
+    )
+    source = md.add_mutually_exclusive_group()
+    source.add_argument("--system", choices=sorted(systems.BUILDERS), default="alanine_dipeptide")
+    source.add_argument("--pdb", type=Path, help="PDB file (use with --forcefield)")
+    md.add_argument(
+        "--forcefield",
+        nargs="+",
+        default=["amber99sbildn.xml"],
+        help="OpenMM force-field XML files for --pdb",
+    )
+    md.add_argument(
+        "--solvent", choices=sorted(systems.openmm_builder.SOLVENT_FORCEFIELDS), default="vacuum"
+    )
+    md.add_argument(
+        "--walkers", type=int, default=1, help="number of walkers B (default %(default)s)"
+    )
+    md.add_argument("--trajectory-format", choices=["dcd", "xtc", "h5"], default="dcd")
+    _add_md_arguments(md, steps=100_000, output="molsamp-md")
+    return parser
+
+
+def _build_system(args: argparse.Namespace):
+    common = {"temperature": args.temperature, "seed": args.seed}
+    if getattr(args, "pdb", None) is not None:
+        return systems.from_pdb(args.pdb, args.forcefield, n_walkers=args.walkers, **common)
+    name = getattr(args, "system", "alanine_dipeptide")
+    if name == "alanine_dipeptide":
+        return systems.alanine_dipeptide(
+            getattr(args, "solvent", "vacuum"), n_walkers=getattr(args, "walkers", 1), **common
+        )
+    return systems.BUILDERS[name](n_walkers=args.walkers, **common)
+
+
+def run_md(args: argparse.Namespace, trajectory_format: str = "dcd") -> tuple:
+    """Run Langevin MD as the arguments say; returns (system, final state, output paths)."""
+    if args.steps < 0:
+        raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    system, state, potential = _build_system(args)
+    langevin = LangevinBAOAB(
+        potential,
+        system.masses,
+        timestep=ps_from_fs(args.timestep_fs) if args.timestep_fs > 0 else args.timestep_fs,
+        temperature=args.temperature,
+        friction=args.friction,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    out: Path = args.output
+    paths = {"energies": out / "energies.csv", "checkpoint": out / "checkpoint.pt"}
+    reporters = [CSVReporter(paths["energies"], args.report_interval)]
+    if system.topology is not None:
+        paths["trajectory"] = out / f"trajectory.{trajectory_format}"
+        reporters.append(
+            TrajectoryReporter(paths["trajectory"], args.report_interval, system.topology)
+        )
+    state = simulate(
+        langevin,
+        state,
+        args.steps,
+        reporters=reporters,
+        checkpoint=paths["checkpoint"],
+        checkpoint_interval=args.checkpoint_interval,
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    return system, state, paths
+
+
+def demo(args: argparse.Namespace) -> None:
+    import mdtraj
+    import numpy as np
+
+    from molsamp.analysis import backbone_dihedrals, plot_ramachandran
+
+    args.system, args.solvent, args.walkers = "alanine_dipeptide", "vacuum", 1
+    _, _, paths = run_md(args)
+    trajectory = mdtraj.load(
+        str(paths["trajectory"]), top=str(systems.shipped_pdb("alanine_dipeptide"))
+    )
+    phi, psi = backbone_dihedrals(trajectory)
+    plot = plot_ramachandran(
+        phi,
+        psi,
+        args.temperature,
+        args.output / "ramachandran.png",
+        title=f"Alanine dipeptide, Langevin MD, {args.steps * args.timestep_fs / 1e6:g} ns",
+    )
+    energies = np.loadtxt(paths["energies"], delimiter=",", skiprows=1, ndmin=2)
+    print(f"frames: {trajectory.n_frames}")
+    print(f"mean potential energy: {energies[:, 2].mean():.2f} kJ/mol")
+    print(f"mean temperature: {energies[:, 5].mean():.1f} K (target {args.temperature} K)")
+    print(f"fraction with phi > 0 (alpha_L / C7ax): {np.mean(phi > 0):.4f}")
+    for name, path in {**paths, "ramachandran": plot}.items():
+        print(f"{name}: {path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            demo(args)
+        else:
+            run_md(args, args.trajectory_format)
+    except (ValueError, FileNotFoundError, SimulationExploded) as error:
+        print(f"molsamp {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
