@@ -20,9 +20,7 @@ def backbone_dihedrals(trajectory: mdtraj.Trajectory) -> tuple[np.ndarray, np.nd
     _, phi = mdtraj.compute_phi(trajectory)
     _, psi = mdtraj.compute_psi(trajectory)
     if phi.shape[1] == 0 or psi.shape[1] == 0:
-        raise ValueError(
-            "the topology has no backbone φ/ψ dihedral (needs a capped amino acid or peptide)"
-        )
+        raise ValueError("the topology has no backbone φ/ψ dihedral (needs a capped amino acid or peptide)")
     return phi[:, 0], psi[:, -1] if psi.shape[1] == 1 else psi[:, 0]
 
 
@@ -60,9 +58,7 @@ def plot_ramachandran(
     figure, axes = plt.subplots(figsize=(5.2, 4.4), dpi=120)
     mesh = axes.pcolormesh(degrees, degrees, free_energy.T, cmap="viridis", vmax=30.0)
     figure.colorbar(mesh, ax=axes, label="free energy (kJ/mol)")
-    axes.set(
-        xlabel="φ (degrees)", ylabel="ψ (degrees)", title=title, xlim=(-180, 180), ylim=(-180, 180)
-    )
+    axes.set(xlabel="φ (degrees)", ylabel="ψ (degrees)", title=title, xlim=(-180, 180), ylim=(-180, 180))
     axes.set_xticks(range(-180, 181, 90))
     axes.set_yticks(range(-180, 181, 90))
     figure.tight_layout()

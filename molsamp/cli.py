@@ -16,31 +16,21 @@ from molsamp.units import ps_from_fs
 
 
 def _add_md_arguments(parser: argparse.ArgumentParser, steps: int, output: str) -> None:
-    parser.add_argument(
-        "--steps", type=int, default=steps, help="number of MD steps (default %(default)s)"
-    )
+    parser.add_argument("--steps", type=int, default=steps, help="number of MD steps (default %(default)s)")
     parser.add_argument(
         "--timestep-fs", type=float, default=1.0, help="time step in fs (default %(default)s)"
     )
     parser.add_argument(
         "--temperature", type=float, default=300.0, help="temperature in K (default %(default)s)"
     )
-    parser.add_argument(
-        "--friction", type=float, default=1.0, help="friction in 1/ps (default %(default)s)"
-    )
+    parser.add_argument("--friction", type=float, default=1.0, help="friction in 1/ps (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     parser.add_argument(
         "--output", type=Path, default=Path(output), help="output folder (default %(default)s)"
     )
-    parser.add_argument(
-        "--report-interval", type=int, default=500, help="steps between frames/rows"
-    )
-    parser.add_argument(
-        "--checkpoint-interval", type=int, default=100_000, help="steps between checkpoints"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt if present"
-    )
+    parser.add_argument("--report-interval", type=int, default=500, help="steps between frames/rows")
+    parser.add_argument("--checkpoint-interval", type=int, default=100_000, help="steps between checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt if present")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -48,14 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="molsamp", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser(
-        "demo", help="Langevin MD of alanine dipeptide with a Ramachandran report"
-    )
+    demo = commands.add_parser("demo", help="Langevin MD of alanine dipeptide with a Ramachandran report")
     _add_md_arguments(demo, steps=2_000_000, output="molsamp-demo")
 
-    md = commands.add_parser(
-        "md", help="Langevin MD of a built-in system or a PDB with a force field"
-    )
+    md = commands.add_parser("md", help="Langevin MD of a built-in system or a PDB with a force field")
     source = md.add_mutually_exclusive_group()
     source.add_argument("--system", choices=sorted(systems.BUILDERS), default="alanine_dipeptide")
     source.add_argument("--pdb", type=Path, help="PDB file (use with --forcefield)")
@@ -65,12 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=["amber99sbildn.xml"],
         help="OpenMM force-field XML files for --pdb",
     )
-    md.add_argument(
-        "--solvent", choices=sorted(systems.openmm_builder.SOLVENT_FORCEFIELDS), default="vacuum"
-    )
-    md.add_argument(
-        "--walkers", type=int, default=1, help="number of walkers B (default %(default)s)"
-    )
+    md.add_argument("--solvent", choices=sorted(systems.openmm_builder.SOLVENT_FORCEFIELDS), default="vacuum")
+    md.add_argument("--walkers", type=int, default=1, help="number of walkers B (default %(default)s)")
     md.add_argument("--trajectory-format", choices=["dcd", "xtc", "h5"], default="dcd")
     _add_md_arguments(md, steps=100_000, output="molsamp-md")
     return parser
@@ -92,11 +74,13 @@ def run_md(args: argparse.Namespace, trajectory_format: str = "dcd") -> tuple:
     """Run Langevin MD as the arguments say; returns (system, final state, output paths)."""
     if args.steps < 0:
         raise ValueError(f"--steps must be >= 0, got {args.steps}")
+    if not args.timestep_fs > 0:
+        raise ValueError(f"--timestep-fs must be > 0 fs, got {args.timestep_fs}")
     system, state, potential = _build_system(args)
     langevin = LangevinBAOAB(
         potential,
         system.masses,
-        timestep=ps_from_fs(args.timestep_fs) if args.timestep_fs > 0 else args.timestep_fs,
+        timestep=ps_from_fs(args.timestep_fs),
         temperature=args.temperature,
         friction=args.friction,
         generator=torch.Generator().manual_seed(args.seed),
@@ -106,9 +90,7 @@ def run_md(args: argparse.Namespace, trajectory_format: str = "dcd") -> tuple:
     reporters = [CSVReporter(paths["energies"], args.report_interval)]
     if system.topology is not None:
         paths["trajectory"] = out / f"trajectory.{trajectory_format}"
-        reporters.append(
-            TrajectoryReporter(paths["trajectory"], args.report_interval, system.topology)
-        )
+        reporters.append(TrajectoryReporter(paths["trajectory"], args.report_interval, system.topology))
     state = simulate(
         langevin,
         state,
@@ -130,9 +112,7 @@ def demo(args: argparse.Namespace) -> None:
 
     args.system, args.solvent, args.walkers = "alanine_dipeptide", "vacuum", 1
     _, _, paths = run_md(args)
-    trajectory = mdtraj.load(
-        str(paths["trajectory"]), top=str(systems.shipped_pdb("alanine_dipeptide"))
-    )
+    trajectory = mdtraj.load(str(paths["trajectory"]), top=str(systems.shipped_pdb("alanine_dipeptide")))
     phi, psi = backbone_dihedrals(trajectory)
     plot = plot_ramachandran(
         phi,

@@ -29,9 +29,7 @@ def _as_cell(cell: Any, name: str = "cell") -> torch.Tensor | None:
         return None
     cell = torch.as_tensor(cell, dtype=torch.float64)
     if cell.shape != (3, 3):
-        raise ValueError(
-            f"{name} must have shape (3, 3) with box vectors as rows, got {tuple(cell.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (3, 3) with box vectors as rows, got {tuple(cell.shape)}")
     if not torch.isfinite(cell).all():
         raise ValueError(f"{name} must be finite, got {cell.tolist()}")
     if torch.linalg.det(cell).abs() < 1e-12:
@@ -62,9 +60,7 @@ class System:
         numbers = torch.as_tensor(self.atomic_numbers, dtype=torch.int64).cpu()
         masses = torch.as_tensor(self.masses, dtype=torch.float64).cpu()
         if numbers.ndim != 1 or numbers.numel() == 0:
-            raise ValueError(
-                f"atomic_numbers must have shape (N,) with N >= 1, got {tuple(numbers.shape)}"
-            )
+            raise ValueError(f"atomic_numbers must have shape (N,) with N >= 1, got {tuple(numbers.shape)}")
         if masses.shape != numbers.shape:
             raise ValueError(
                 f"masses must have shape (N,) = {tuple(numbers.shape)} like atomic_numbers, "
@@ -72,9 +68,7 @@ class System:
             )
         if not (masses > 0).all():
             bad = torch.nonzero(~(masses > 0)).flatten().tolist()
-            raise ValueError(
-                f"masses must be > 0 amu; atoms {bad[:10]} have {masses[bad[:10]].tolist()}"
-            )
+            raise ValueError(f"masses must be > 0 amu; atoms {bad[:10]} have {masses[bad[:10]].tolist()}")
         cell = _as_cell(self.cell)
         pbc = tuple(bool(p) for p in self.pbc)
         if len(pbc) != 3:
@@ -110,9 +104,7 @@ class System:
                 f"topology has {topology.getNumAtoms()} atoms but openmm_system has {n} particles"
             )
         masses = [openmm_system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n)]
-        numbers = [
-            a.element.atomic_number if a.element is not None else 0 for a in topology.atoms()
-        ]
+        numbers = [a.element.atomic_number if a.element is not None else 0 for a in topology.atoms()]
         cell = None
         pbc = (False, False, False)
         if openmm_system.usesPeriodicBoundaryConditions():
@@ -137,9 +129,7 @@ class System:
         top = traj.topology
         numbers = [a.element.atomic_number for a in top.atoms]
         masses = [a.element.mass for a in top.atoms]
-        cell = (
-            None if traj.unitcell_vectors is None else traj.unitcell_vectors[0].astype(np.float64)
-        )
+        cell = None if traj.unitcell_vectors is None else traj.unitcell_vectors[0].astype(np.float64)
         pbc = (cell is not None,) * 3
         return cls(numbers, masses, cell, pbc, top)
 
@@ -150,9 +140,7 @@ class System:
         if atoms.cell.rank == 3:
             cell = nm_from_angstrom(np.asarray(atoms.cell[:], dtype=np.float64))
         if any(atoms.pbc) and cell is None:
-            raise ValueError(
-                "atoms.pbc is set but atoms.cell is not a full 3D cell; set atoms.cell"
-            )
+            raise ValueError("atoms.pbc is set but atoms.cell is not a full 3D cell; set atoms.cell")
         return cls(atoms.numbers.copy(), atoms.get_masses().copy(), cell, tuple(atoms.pbc))
 
 
@@ -191,9 +179,7 @@ class State:
             raise ValueError(f"positions must be a floating-point tensor, got {pos.dtype}")
         if not isinstance(vel, torch.Tensor) or vel.shape != pos.shape:
             shape = tuple(vel.shape) if isinstance(vel, torch.Tensor) else type(vel).__name__
-            raise ValueError(
-                f"velocities must have the shape of positions {tuple(pos.shape)}, got {shape}"
-            )
+            raise ValueError(f"velocities must have the shape of positions {tuple(pos.shape)}, got {shape}")
         if vel.dtype != pos.dtype or vel.device != pos.device:
             raise ValueError(
                 f"velocities ({vel.dtype}, {vel.device}) must match positions ({pos.dtype}, {pos.device})"
@@ -240,9 +226,7 @@ class State:
             changes.setdefault("forces", None)
         return dataclasses.replace(self, **changes)
 
-    def to(
-        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
-    ) -> State:
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> State:
         """Copy to another device/dtype."""
 
         def move(t: torch.Tensor | None) -> torch.Tensor | None:

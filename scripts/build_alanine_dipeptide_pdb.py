@@ -92,15 +92,11 @@ def build() -> dict[tuple[str, str], np.ndarray]:
             u, t = (b - c) / np.linalg.norm(b - c), np.radians(angle[1])
             xyz[name] = c + bond[1] * (np.cos(t) * u + np.sin(t) * np.array([0.0, 1.0, 0.0]))
         else:
-            xyz[name] = place(
-                xyz[dihedral[0]], xyz[angle[0]], xyz[bond[0]], bond[1], angle[1], dihedral[1]
-            )
+            xyz[name] = place(xyz[dihedral[0]], xyz[angle[0]], xyz[bond[0]], bond[1], angle[1], dihedral[1])
     named = {(res, name): xyz[name] for name, res, *_ in Z_MATRIX}
     for carbon, partner, ref, res, hydrogens, start in METHYLS:
         for k, h in enumerate(hydrogens):
-            named[(res, h)] = place(
-                xyz[ref], xyz[partner], xyz[carbon], 1.09, 109.5, start + 120.0 * k
-            )
+            named[(res, h)] = place(xyz[ref], xyz[partner], xyz[carbon], 1.09, 109.5, start + 120.0 * k)
     return named
 
 
@@ -129,13 +125,7 @@ def main() -> None:
             residues[res],
         )
         positions.append(named[(res, name)] / 10.0)
-    out = (
-        Path(__file__).resolve().parents[1]
-        / "molsamp"
-        / "systems"
-        / "data"
-        / "alanine_dipeptide.pdb"
-    )
+    out = Path(__file__).resolve().parents[1] / "molsamp" / "systems" / "data" / "alanine_dipeptide.pdb"
     with open(out, "w") as handle:  # write once, re-read so OpenMM maps PDB names and adds bonds
         app.PDBFile.writeFile(topology, np.array(positions) * unit.nanometer, handle)
     pdb = app.PDBFile(str(out))

@@ -10,17 +10,13 @@ from molsamp.potentials.base import Potential
 from molsamp.system import State
 
 
-def as_generator(
-    generator: torch.Generator | int, device: torch.device | str = "cpu"
-) -> torch.Generator:
+def as_generator(generator: torch.Generator | int, device: torch.device | str = "cpu") -> torch.Generator:
     """Accept a seeded ``torch.Generator`` or an int seed (a new generator on ``device``)."""
     if isinstance(generator, torch.Generator):
         return generator
     if isinstance(generator, int) and not isinstance(generator, bool):
         return torch.Generator(device=device).manual_seed(generator)
-    raise TypeError(
-        f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}"
-    )
+    raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
 
 
 def require_positive(name: str, value: float, unit: str) -> float:
@@ -41,9 +37,7 @@ class Integrator:
 
     def __init__(self, potential: Potential, masses: Any, timestep: float):
         if not isinstance(potential, Potential):
-            raise TypeError(
-                f"potential must be a molsamp Potential, got {type(potential).__name__}"
-            )
+            raise TypeError(f"potential must be a molsamp Potential, got {type(potential).__name__}")
         masses = torch.as_tensor(masses, dtype=torch.float64)
         if masses.ndim != 1:
             raise ValueError(f"masses must have shape (N,) in amu, got {tuple(masses.shape)}")
@@ -67,9 +61,7 @@ class Integrator:
         if not isinstance(n_steps, int) or n_steps < 0:
             raise ValueError(f"n_steps must be a non-negative int, got {n_steps!r}")
         if state.n_atoms != self.masses.numel():
-            raise ValueError(
-                f"state has {state.n_atoms} atoms but masses has {self.masses.numel()}"
-            )
+            raise ValueError(f"state has {state.n_atoms} atoms but masses has {self.masses.numel()}")
         with torch.no_grad():
             return self._step(state, n_steps)
 

@@ -40,9 +40,7 @@ class ExplosionGuard:
         """A description of what is wrong with ``state``, or None if it looks healthy."""
         n = state.n_atoms
         energy = state.potential_energy
-        kinetic = 0.5 * (masses.to(state.velocities)[:, None] * state.velocities.square()).sum(
-            (-2, -1)
-        )
+        kinetic = 0.5 * (masses.to(state.velocities)[:, None] * state.velocities.square()).sum((-2, -1))
         checks = torch.stack(
             [
                 ~torch.isfinite(state.positions).all(),
@@ -60,5 +58,5 @@ class ExplosionGuard:
             f"potential energy is not finite or exceeds {self.max_potential_energy_per_atom:g} kJ/mol per atom",
             f"kinetic energy exceeds {self.max_kinetic_energy_per_atom:g} kJ/mol per atom",
         ]
-        found = [reason for reason, bad in zip(reasons, checks) if bad]
+        found = [reason for reason, bad in zip(reasons, checks, strict=True) if bad]
         return "; ".join(found) if found else None

@@ -58,15 +58,8 @@ class LangevinBAOAB(Integrator):
         self._temperature = require_positive("temperature", temperature, "K")
         if not isinstance(friction, (int, float)) or not friction >= 0:
             raise ValueError(f"friction must be >= 0 1/ps, got {friction!r}")
-        if (
-            not splitting
-            or set(splitting) - set("ABO")
-            or "A" not in splitting
-            or "B" not in splitting
-        ):
-            raise ValueError(
-                f"splitting must be a word of A, B and O containing A and B, got {splitting!r}"
-            )
+        if not splitting or set(splitting) - set("ABO") or "A" not in splitting or "B" not in splitting:
+            raise ValueError(f"splitting must be a word of A, B and O containing A and B, got {splitting!r}")
         self.friction = float(friction)
         self.splitting = splitting
         self.remove_com_motion = bool(remove_com_motion)
@@ -123,9 +116,7 @@ class LangevinBAOAB(Integrator):
                     x = x + h["A"] * v
                     stale = True
                 elif use_noise:
-                    xi = torch.randn(
-                        v.shape, generator=self.generator, device=v.device, dtype=v.dtype
-                    )
+                    xi = torch.randn(v.shape, generator=self.generator, device=v.device, dtype=v.dtype)
                     v = c1 * v + noise_scale * xi
             if self.remove_com_motion:
                 v = remove_center_of_mass_velocity(v, masses)

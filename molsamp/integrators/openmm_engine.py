@@ -30,6 +30,15 @@ def can_use_openmm_engine(integrator: object) -> bool:
     )
 
 
+def _without_center_of_mass_remover(system: openmm.System) -> openmm.System:
+    """A copy of ``system`` without CMMotionRemover, which BAOAB Langevin does not apply."""
+    kept = openmm.XmlSerializer.clone(system)
+    for index in reversed(range(kept.getNumForces())):
+        if isinstance(kept.getForce(index), openmm.CMMotionRemover):
+            kept.removeForce(index)
+    return kept
+
+
 class OpenMMLangevinEngine(Integrator):
     """Same interface and chain as a :class:`LangevinBAOAB`, integrated by OpenMM.
 
@@ -47,6 +56,7 @@ class OpenMMLangevinEngine(Integrator):
         self._contexts: list[openmm.Context] = []
         self._synced: State | None = None
         self._half_kick_scale = (0.5 * self.timestep / self.masses.numpy())[:, None]
+        self._openmm_system = _without_center_of_mass_remover(langevin.potential.openmm_system)
 
     @property
     def temperature(self) -> float:
@@ -62,21 +72,15 @@ class OpenMMLangevinEngine(Integrator):
         if len(self._contexts) == n_walkers:
             return
         if self._contexts:
-            raise ValueError(
-                f"this engine runs {len(self._contexts)} walkers, the state has {n_walkers}"
-            )
+            raise ValueError(f"this engine runs {len(self._contexts)} walkers, the state has {n_walkers}")
         platform = openmm.Platform.getPlatformByName(self.potential.platform)
-        seeds = torch.randint(
-            1, 2**31 - 1, (n_walkers,), generator=self.langevin.generator
-        ).tolist()
+        seeds = torch.randint(1, 2**31 - 1, (n_walkers,), generator=self.langevin.generator).tolist()
         for seed in seeds:
             integrator = openmm.LangevinMiddleIntegrator(
                 self.langevin.temperature, self.langevin.friction, self.timestep
             )
             integrator.setRandomNumberSeed(int(seed))
-            self._contexts.append(
-                openmm.Context(self.potential.openmm_system, integrator, platform)
-            )
+            self._contexts.append(openmm.Context(self.potential.openmm_system, integrator, platform))
 
     def _push(self, state: State) -> None:
         """Load positions and leapfrog velocities u = v − (Δt/2)F/m into the contexts."""
@@ -102,9 +106,7 @@ class OpenMMLangevinEngine(Integrator):
                 context.getIntegrator().step(n_steps)
             except openmm.OpenMMException as error:  # OpenMM stops on NaN coordinates
                 raise ArithmeticError(f"OpenMM failed on walker {walker}: {error}") from error
-            snapshot = context.getState(
-                getPositions=True, getVelocities=True, getForces=True, getEnergy=True
-            )
+            snapshot = context.getState(getPositions=True, getVelocities=True, getForces=True, getEnergy=True)
             positions[walker] = snapshot.getPositions(asNumpy=True)._value
             forces[walker] = snapshot.getForces(asNumpy=True)._value
             velocities[walker] = (

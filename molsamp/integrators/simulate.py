@@ -17,6 +17,7 @@ from molsamp.io.reporters import Reporter
 from molsamp.system import State
 
 CHECKPOINT_FORMAT = "molsamp-md-checkpoint-1"
+DEFAULT_GUARD = ExplosionGuard()
 
 
 def simulate(
@@ -29,7 +30,7 @@ def simulate(
     checkpoint_interval: int | None = None,
     resume: bool = False,
     progress: bool = True,
-    guard: ExplosionGuard | None = ExplosionGuard(),
+    guard: ExplosionGuard | None = DEFAULT_GUARD,
     guard_interval: int = 1000,
     engine: Literal["auto", "torch", "openmm"] = "auto",
 ) -> State:
@@ -94,8 +95,7 @@ def simulate(
                 if state.step % reporter.interval == 0:
                     reporter.report(state, integrator)
             if checkpoint is not None and (
-                state.step == target
-                or (checkpoint_interval and state.step % checkpoint_interval == 0)
+                state.step == target or (checkpoint_interval and state.step % checkpoint_interval == 0)
             ):
                 _write_checkpoint(checkpoint, integrator, state, reporters)
                 last_checkpoint_step = state.step
@@ -120,9 +120,7 @@ def _validate(n_steps, reporters, checkpoint, checkpoint_interval, guard_interva
     if checkpoint_interval is not None and checkpoint is None:
         raise ValueError("checkpoint_interval is set but checkpoint (a file path) is None")
     if not isinstance(guard_interval, int) or guard_interval <= 0:
-        raise ValueError(
-            f"guard_interval must be a positive number of steps, got {guard_interval!r}"
-        )
+        raise ValueError(f"guard_interval must be a positive number of steps, got {guard_interval!r}")
     if engine not in ("auto", "torch", "openmm"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'openmm', got {engine!r}")
     for reporter in reporters:
@@ -176,14 +174,10 @@ def _write_checkpoint(
     )
 
 
-def _resume(
-    path: Path, integrator: Integrator, initial: State, reporters: Sequence[Reporter]
-) -> State:
+def _resume(path: Path, integrator: Integrator, initial: State, reporters: Sequence[Reporter]) -> State:
     payload = load_checkpoint(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(
-            f"{path} is not a molsamp MD checkpoint (format {payload.get('format')!r})"
-        )
+        raise ValueError(f"{path} is not a molsamp MD checkpoint (format {payload.get('format')!r})")
     if payload["settings"] != integrator.settings():
         raise ValueError(
             f"{path} was written with settings {payload['settings']}, but this run uses "
@@ -210,6 +204,6 @@ def _resume(
         time=float(saved["time"]),
     )
     integrator.restore_checkpoint_data(payload["integrator"], state)
-    for reporter, progress in zip(reporters, recorded):
+    for reporter, progress in zip(reporters, recorded, strict=True):
         reporter.resume(progress)
     return state

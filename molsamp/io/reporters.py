@@ -116,16 +116,12 @@ class CSVReporter(Reporter):
             [potential.mean(), kinetic.mean(), (potential + kinetic).mean(), temperature.mean()]
         )
         epot, ekin, etot, temp = values.tolist()
-        self._file.write(
-            f"{state.step},{state.time:.6f},{epot:.6f},{ekin:.6f},{etot:.6f},{temp:.4f}\n"
-        )
+        self._file.write(f"{state.step},{state.time:.6f},{epot:.6f},{ekin:.6f},{etot:.6f},{temp:.4f}\n")
 
     def _truncate(self, count: int) -> None:
         lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
         if len(lines) < count + 1:
-            raise ValueError(
-                f"{self.path} has {len(lines) - 1} rows, fewer than the checkpoint's {count}"
-            )
+            raise ValueError(f"{self.path} has {len(lines) - 1} rows, fewer than the checkpoint's {count}")
         _atomic_write_text(self.path, "".join(lines[: count + 1]))
 
     def flush(self) -> None:
@@ -155,9 +151,7 @@ class TrajectoryReporter(Reporter):
     def __init__(self, path: str | Path, interval: int, topology: mdtraj.Topology, walker: int = 0):
         super().__init__(path, interval)
         if self.path.suffix not in self.FORMATS:
-            raise ValueError(
-                f"trajectory path must end in one of {self.FORMATS}, got {self.path.name!r}"
-            )
+            raise ValueError(f"trajectory path must end in one of {self.FORMATS}, got {self.path.name!r}")
         if topology is None:
             raise ValueError("topology is required to write a trajectory (System.topology)")
         self.topology = topology
@@ -177,15 +171,9 @@ class TrajectoryReporter(Reporter):
 
     def _write(self, state: State, integrator: Integrator) -> None:
         if not 0 <= self.walker < state.n_walkers:
-            raise ValueError(
-                f"walker {self.walker} does not exist; the state has {state.n_walkers} walkers"
-            )
+            raise ValueError(f"walker {self.walker} does not exist; the state has {state.n_walkers} walkers")
         xyz = state.positions[self.walker].detach().to("cpu", torch.float32).numpy()[None]
-        box = (
-            None
-            if state.cell is None
-            else state.cell.detach().to("cpu", torch.float32).numpy()[None]
-        )
+        box = None if state.cell is None else state.cell.detach().to("cpu", torch.float32).numpy()[None]
         self._write_frames(xyz, box, np.array([state.time], dtype=np.float32))
 
     def _write_frames(self, xyz: np.ndarray, boxes: np.ndarray | None, time: np.ndarray) -> None:
@@ -208,11 +196,10 @@ class TrajectoryReporter(Reporter):
     def _truncate(self, count: int) -> None:
         import mdtraj
 
-        traj = mdtraj.load(str(self.path), top=self.topology)
+        topology = None if self.path.suffix == ".h5" else self.topology  # HDF5 stores its own
+        traj = mdtraj.load(str(self.path), top=topology)
         if traj.n_frames < count:
-            raise ValueError(
-                f"{self.path} has {traj.n_frames} frames, fewer than the checkpoint's {count}"
-            )
+            raise ValueError(f"{self.path} has {traj.n_frames} frames, fewer than the checkpoint's {count}")
         self._kept_frames = traj[:count]
 
     def flush(self) -> None:

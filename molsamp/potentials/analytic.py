@@ -22,9 +22,7 @@ class HarmonicPotential(Potential):
         if not (k > 0).all():
             raise ValueError(f"spring_constant must be > 0 kJ/mol/nm², got {k.tolist()}")
         if k.ndim > 1:
-            raise ValueError(
-                f"spring_constant must be a scalar or (N,), got shape {tuple(k.shape)}"
-            )
+            raise ValueError(f"spring_constant must be a scalar or (N,), got shape {tuple(k.shape)}")
         if center is not None:
             center = torch.as_tensor(center, dtype=torch.float64)
             if center.ndim != 2 or center.shape[-1] != 3:
@@ -107,9 +105,7 @@ class LennardJones(Potential):
     periodic : whether the energy uses the cell passed to ``energy``.
     """
 
-    def __init__(
-        self, epsilon: float, sigma: float, cutoff: float | None = None, periodic: bool = False
-    ):
+    def __init__(self, epsilon: float, sigma: float, cutoff: float | None = None, periodic: bool = False):
         super().__init__()
         if not epsilon > 0 or not sigma > 0:
             raise ValueError(f"epsilon (kJ/mol) and sigma (nm) must be > 0, got {epsilon}, {sigma}")
@@ -119,11 +115,7 @@ class LennardJones(Potential):
             raise ValueError("a periodic LennardJones needs a cutoff (nm) ≤ half the box length")
         self.epsilon, self.sigma, self.cutoff = float(epsilon), float(sigma), cutoff
         self.requires_cell = periodic
-        self.shift = (
-            0.0
-            if cutoff is None
-            else 4 * epsilon * ((sigma / cutoff) ** 12 - (sigma / cutoff) ** 6)
-        )
+        self.shift = 0.0 if cutoff is None else 4 * epsilon * ((sigma / cutoff) ** 12 - (sigma / cutoff) ** 6)
 
     def _pair_vectors(self, positions: torch.Tensor, cell: torch.Tensor | None) -> torch.Tensor:
         """Minimum-image vectors rᵢ − rⱼ, (B, N, N, 3)."""
@@ -131,9 +123,7 @@ class LennardJones(Potential):
         if self.requires_cell:
             lengths = torch.diagonal(cell)
             if (cell - torch.diag(lengths)).abs().max() > 1e-12 * lengths.max():
-                raise ValueError(
-                    "LennardJones supports orthorhombic cells only (diagonal cell matrix)"
-                )
+                raise ValueError("LennardJones supports orthorhombic cells only (diagonal cell matrix)")
             if self.cutoff > 0.5 * float(lengths.min()):
                 raise ValueError(
                     f"cutoff {self.cutoff} nm exceeds half the shortest box length "
@@ -155,9 +145,7 @@ class LennardJones(Potential):
 
     def _energy(self, positions, cell):
         _, _, s6, inside = self._pair_terms(positions, cell)
-        pair = torch.where(
-            inside, 4 * self.epsilon * (s6.square() - s6) - self.shift, torch.zeros_like(s6)
-        )
+        pair = torch.where(inside, 4 * self.epsilon * (s6.square() - s6) - self.shift, torch.zeros_like(s6))
         return 0.5 * pair.sum((-2, -1))
 
     def _energy_and_forces(self, positions, cell):

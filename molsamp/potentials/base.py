@@ -80,15 +80,9 @@ class Potential(torch.nn.Module):
         return energy.detach(), -grad.detach()
 
     def _check_input(self, positions: torch.Tensor, cell: torch.Tensor | None) -> None:
-        if (
-            not isinstance(positions, torch.Tensor)
-            or positions.ndim != 3
-            or positions.shape[-1] != 3
-        ):
+        if not isinstance(positions, torch.Tensor) or positions.ndim != 3 or positions.shape[-1] != 3:
             shape = (
-                tuple(positions.shape)
-                if isinstance(positions, torch.Tensor)
-                else type(positions).__name__
+                tuple(positions.shape) if isinstance(positions, torch.Tensor) else type(positions).__name__
             )
             raise ValueError(
                 f"positions must be a (B, N, 3) tensor in nm, got {shape}; add a batch axis with [None]"

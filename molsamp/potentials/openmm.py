@@ -17,9 +17,7 @@ _KNOWN_PLATFORMS = ("Reference", "CPU", "CUDA", "OpenCL")
 
 class _OpenMMEnergy(torch.autograd.Function):
     @staticmethod
-    def forward(
-        ctx, positions: torch.Tensor, cell: torch.Tensor | None, potential: OpenMMPotential
-    ):
+    def forward(ctx, positions: torch.Tensor, cell: torch.Tensor | None, potential: OpenMMPotential):
         energy, forces = potential._evaluate(positions, cell)
         ctx.save_for_backward(forces)
         return energy
@@ -48,9 +46,7 @@ class OpenMMPotential(Potential):
     def __init__(self, openmm_system: openmm.System, platform: str = "Reference"):
         super().__init__()
         if not isinstance(openmm_system, openmm.System):
-            raise TypeError(
-                f"openmm_system must be an openmm.System, got {type(openmm_system).__name__}"
-            )
+            raise TypeError(f"openmm_system must be an openmm.System, got {type(openmm_system).__name__}")
         if platform not in _KNOWN_PLATFORMS:
             raise ValueError(f"platform must be one of {_KNOWN_PLATFORMS}, got {platform!r}")
         self.openmm_system = openmm_system
@@ -58,9 +54,7 @@ class OpenMMPotential(Potential):
         self.n_atoms = openmm_system.getNumParticles()
         self.requires_cell = openmm_system.usesPeriodicBoundaryConditions()
         integrator = openmm.VerletIntegrator(0.001)
-        self._context = openmm.Context(
-            openmm_system, integrator, openmm.Platform.getPlatformByName(platform)
-        )
+        self._context = openmm.Context(openmm_system, integrator, openmm.Platform.getPlatformByName(platform))
 
     def _evaluate(
         self, positions: torch.Tensor, cell: torch.Tensor | None

@@ -61,19 +61,16 @@ def from_pdb(
         nonbondedMethod=app.CutoffPeriodic if periodic else app.NoCutoff,
         constraints=None,
         rigidWater=False,
+        removeCMMotion=False,  # Langevin samples all 3N degrees of freedom
     )
     system = System.from_openmm(structure.topology, openmm_system)
     positions = (
-        torch.tensor(
-            [[v.x, v.y, v.z] for v in structure.getPositions()], dtype=dtype, device=device
-        )
+        torch.tensor([[v.x, v.y, v.z] for v in structure.getPositions()], dtype=dtype, device=device)
         .expand(n_walkers, -1, -1)
         .clone()
     )
     generator = torch.Generator(device=device).manual_seed(seed)
-    velocities = maxwell_boltzmann_velocities(
-        system.masses, temperature, n_walkers, generator, dtype=dtype
-    )
+    velocities = maxwell_boltzmann_velocities(system.masses, temperature, n_walkers, generator, dtype=dtype)
     state = State(positions, velocities, system.cell)
     return system, state, OpenMMPotential(openmm_system, platform)
 

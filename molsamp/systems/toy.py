@@ -84,12 +84,8 @@ def lennard_jones_fluid(
         raise ValueError(f"n_cells must be >= 1, got {n_cells}")
     n_atoms = 4 * n_cells**3
     box = ARGON_SIGMA * (n_atoms / reduced_density) ** (1.0 / 3.0)
-    basis = torch.tensor(
-        [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]], dtype=torch.float64
-    )
-    grid = torch.stack(torch.meshgrid(*[torch.arange(n_cells)] * 3, indexing="ij"), -1).reshape(
-        -1, 1, 3
-    )
+    basis = torch.tensor([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]], dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n_cells)] * 3, indexing="ij"), -1).reshape(-1, 1, 3)
     lattice = ((grid + basis) / n_cells * box).reshape(-1, 3)
     system = System(
         torch.full((n_atoms,), 18),
@@ -100,9 +96,7 @@ def lennard_jones_fluid(
     )
     positions = lattice.to(dtype=dtype, device=device).expand(n_walkers, -1, -1).clone()
     state = _start_state(positions, system.masses, temperature, seed, cell=system.cell)
-    state = state.replace(
-        velocities=remove_center_of_mass_velocity(state.velocities, system.masses)
-    )
+    state = state.replace(velocities=remove_center_of_mass_velocity(state.velocities, system.masses))
     cutoff = min(cutoff_sigma * ARGON_SIGMA, 0.5 * box * (1 - 1e-9))
     if not math.isclose(cutoff, cutoff_sigma * ARGON_SIGMA):
         raise ValueError(

@@ -1,0 +1,63 @@
+import mdtraj
+import numpy as np
+import pytest
+
+from molsamp.cli import main
+from molsamp.systems import lennard_jones_fluid, shipped_pdb
+
+
+def test_demo_writes_trajectory_energies_checkpoint_and_plot(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--steps", "3000", "--report-interval", "100", "--output", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "mean temperature" in printed and "ramachandran" in printed
+    png = (out / "ramachandran.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    energies = np.loadtxt(out / "energies.csv", delimiter=",", skiprows=1)
+    assert energies.shape == (30, 6) and np.all(np.diff(energies[:, 0]) == 100)
+    assert 150 < energies[:, 5].mean() < 450  # kinetic temperature near 300 K
+    frames = mdtraj.load(str(out / "trajectory.dcd"), top=str(shipped_pdb("alanine_dipeptide")))
+    assert frames.n_frames == 30
+    assert (out / "checkpoint.pt").is_file()
+
+
+def test_md_runs_a_builtin_system_and_resumes_to_a_longer_run(tmp_path):
+    out = tmp_path / "lj"
+    args = [
+        "md",
+        "--system",
+        "lennard_jones_fluid",
+        "--timestep-fs",
+        "4",
+        "--temperature",
+        "120",
+        "--report-interval",
+        "50",
+        "--checkpoint-interval",
+        "100",
+        "--output",
+        str(out),
+        "--quiet",
+    ]
+    assert main([*args, "--steps", "200"]) == 0
+    assert main([*args, "--steps", "400", "--resume"]) == 0
+    energies = np.loadtxt(out / "energies.csv", delimiter=",", skiprows=1)
+    assert energies[:, 0].tolist() == list(range(50, 401, 50))
+    traj = mdtraj.load(str(out / "trajectory.dcd"), top=lennard_jones_fluid()[0].topology)
+    assert traj.n_frames == 8
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--pdb", "missing.pdb"], "PDB file not found: missing.pdb"),
+        (["--pdb", "PDB", "--forcefield", "amber_nonsense.xml"], "unknown force field"),
+        (["--timestep-fs", "-1"], "--timestep-fs must be > 0 fs, got -1.0"),
+        (["--temperature", "0"], "temperature must be > 0 K"),
+        (["--friction", "-2"], "friction must be >= 0 1/ps"),
+    ],
+)
+def test_md_bad_input_exits_with_a_clear_message(tmp_path, capsys, arguments, message):
+    arguments = [str(shipped_pdb("alanine_dipeptide")) if a == "PDB" else a for a in arguments]
+    assert main(["md", "--steps", "10", "--output", str(tmp_path), "--quiet", *arguments]) == 2
+    assert message in capsys.readouterr().err
