@@ -64,6 +64,7 @@ class LangevinBAOAB(Integrator):
         self.splitting = splitting
         self.remove_com_motion = bool(remove_com_motion)
         self.generator = as_generator(generator)
+        self._openmm_engine = None  # set by ``simulate`` when OpenMM integrates the steps
 
     @property
     def temperature(self) -> float:

@@ -134,7 +134,10 @@ def _choose_engine(integrator: Integrator, engine: str) -> Integrator:
     if engine == "torch" or isinstance(integrator, OpenMMLangevinEngine):
         return integrator
     if can_use_openmm_engine(integrator):
-        return OpenMMLangevinEngine(integrator)
+        # one engine per integrator: later calls continue its OpenMM contexts and random stream
+        if integrator._openmm_engine is None:
+            integrator._openmm_engine = OpenMMLangevinEngine(integrator)
+        return integrator._openmm_engine
     if engine == "openmm":
         raise ValueError(
             "engine='openmm' needs a LangevinBAOAB (splitting 'BAOAB', no COM removal) with an "
