@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from molsamp.integrators.base import Integrator, as_generator, require_positive
-from molsamp.integrators.thermo import remove_center_of_mass_velocity
 from molsamp.potentials.base import Potential
 from molsamp.system import State
+from molsamp.thermo import remove_center_of_mass_velocity
 from molsamp.units import BOLTZMANN_KJ_PER_MOL_K
 
 

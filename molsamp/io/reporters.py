@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from molsamp.integrators.thermo import kinetic_energy, kinetic_temperature
 from molsamp.system import State
+from molsamp.thermo import kinetic_energy, kinetic_temperature
 
 if TYPE_CHECKING:
     import mdtraj
@@ -216,3 +216,47 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+class UncertaintyExceeded(RuntimeError):
+    """Raised by :class:`UncertaintyReporter` when the force uncertainty passes its threshold."""
+
+
+class UncertaintyReporter(CSVReporter):
+    """Largest and mean per-atom force σ of an ensemble potential along the run.
+
+    Parameters
+    ----------
+    path, interval : CSV file and steps between rows
+    threshold : kJ/mol/nm; when the largest σ over atoms and walkers exceeds it the row is
+        flagged, and with ``stop=True`` the run stops with :class:`UncertaintyExceeded`
+        (the last checkpoint stays the last trusted state)
+    """
+
+    HEADER = "step,time (ps),max force sigma (kJ/mol/nm),mean force sigma (kJ/mol/nm),exceeded"
+
+    def __init__(self, path: str | Path, interval: int, threshold: float | None = None, stop: bool = False):
+        super().__init__(path, interval)
+        if threshold is not None and not threshold > 0:
+            raise ValueError(f"threshold must be > 0 kJ/mol/nm or None, got {threshold}")
+        if stop and threshold is None:
+            raise ValueError("stop=True needs a threshold (kJ/mol/nm)")
+        self.threshold, self.stop = threshold, stop
+
+    def _write(self, state: State, integrator: Integrator) -> None:
+        potential = integrator.potential
+        if not hasattr(potential, "force_uncertainty"):
+            raise TypeError(
+                f"UncertaintyReporter needs a potential with force_uncertainty (an EnsemblePotential), "
+                f"got {type(potential).__name__}"
+            )
+        sigma = potential.force_uncertainty(state.positions, state.cell)
+        largest, mean = torch.stack([sigma.max(), sigma.mean()]).tolist()
+        exceeded = self.threshold is not None and largest > self.threshold
+        self._file.write(f"{state.step},{state.time:.6f},{largest:.6f},{mean:.6f},{int(exceeded)}\n")
+        if exceeded and self.stop:
+            self._file.flush()
+            raise UncertaintyExceeded(
+                f"force uncertainty {largest:.3g} kJ/mol/nm exceeds the threshold {self.threshold:g} at step "
+                f"{state.step}: the potential is extrapolating; add training data near this state"
+            )

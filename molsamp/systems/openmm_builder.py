@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from molsamp.integrators.thermo import maxwell_boltzmann_velocities
 from molsamp.potentials.openmm import OpenMMPotential
 from molsamp.system import State, System
+from molsamp.thermo import maxwell_boltzmann_velocities
 
 SOLVENT_FORCEFIELDS = {
     "vacuum": ("amber99sbildn.xml",),

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from molsamp.integrators.thermo import maxwell_boltzmann_velocities, remove_center_of_mass_velocity
 from molsamp.potentials import DoubleWell, HarmonicPotential, LennardJones
 from molsamp.system import State, System
+from molsamp.thermo import maxwell_boltzmann_velocities, remove_center_of_mass_velocity
 
 ARGON_EPSILON = 0.996  # kJ/mol
 ARGON_SIGMA = 0.3405  # nm

@@ -1,0 +1,23 @@
+"""How far to trust a simulation: calibration of force uncertainty, credible intervals."""
+
+from molsamp.uncertainty.calibration import Calibration, calibrate, plot_calibration
+from molsamp.uncertainty.propagation import (
+    CredibleInterval,
+    credible_interval,
+    member_weights,
+    observable_per_member,
+    plot_credible_band,
+    reweighted_observable,
+)
+
+__all__ = [
+    "Calibration",
+    "calibrate",
+    "plot_calibration",
+    "CredibleInterval",
+    "credible_interval",
+    "member_weights",
+    "observable_per_member",
+    "reweighted_observable",
+    "plot_credible_band",
+]

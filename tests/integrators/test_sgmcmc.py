@@ -1,0 +1,114 @@
+"""SG-MCMC samplers against the analytic posterior of Bayesian linear regression."""
+
+import numpy as np
+import pytest
+import torch
+
+from molsamp.integrators import SGHMC, SGLD, ConstantSchedule, CyclicalSchedule, PreconditionedSGLD
+from molsamp.testing import effective_sample_size
+
+N_DATA, NOISE, PRIOR = 400, 0.5, 1.0
+TRUE_WEIGHTS = torch.tensor([0.7, -1.3], dtype=torch.float64)
+
+
+def _data(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(N_DATA, 2, generator=generator, dtype=torch.float64)
+    y = x @ TRUE_WEIGHTS + NOISE * torch.randn(N_DATA, generator=generator, dtype=torch.float64)
+    return x, y
+
+
+def _posterior(x, y, temperature):
+    precision = x.T @ x / NOISE**2 + torch.eye(2, dtype=torch.float64) / PRIOR**2
+    covariance = torch.linalg.inv(precision)
+    return (covariance @ x.T @ y / NOISE**2).numpy(), temperature * covariance.numpy()
+
+
+class Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weights = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+
+def _nll(model, batch):
+    x, y = batch
+    return 0.5 * ((x @ model.weights - y) ** 2).sum() / NOISE**2, len(y)
+
+
+def _batches(x, y, batch_size):
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, N_DATA, batch_size)]
+
+
+def _run(sampler_class, temperature, batch_size, step_size, n_steps, chains=4, **options):
+    x, y = _data()
+    samples = []
+    for chain in range(chains):
+        model = Linear()
+        sampler = sampler_class(model, _nll, N_DATA, PRIOR, step_size, temperature, generator=100 + chain, **options)
+        kept = sampler.sample(_batches(x, y, batch_size), n_steps, burn_in=n_steps // 5, progress=False)
+        samples.append(np.stack([s["weights"].numpy() for s in kept]))
+    return np.stack(samples, axis=1), _posterior(x, y, temperature)  # (T, chains, 2)
+
+
+def _assert_matches_gaussian(samples, mean, covariance, n_sigma=4.5):
+    flat = samples.reshape(-1, 2)
+    ess = min(effective_sample_size(samples[..., i]) for i in range(2))
+    assert ess > 300, ess
+    mean_error = np.sqrt(np.diag(covariance) / ess)
+    np.testing.assert_array_less(np.abs(flat.mean(0) - mean), n_sigma * mean_error)
+    sample_covariance = np.cov(flat.T)
+    # standard error of a covariance entry: √((Σᵢᵢ Σⱼⱼ + Σᵢⱼ²) / ESS)
+    covariance_error = np.sqrt((np.outer(np.diag(covariance), np.diag(covariance)) + covariance**2) / ess)
+    np.testing.assert_array_less(np.abs(sample_covariance - covariance), n_sigma * covariance_error)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.2])
+def test_sgld_full_batch_matches_the_analytic_posterior_at_any_temperature(temperature):
+    samples, (mean, covariance) = _run(SGLD, temperature, N_DATA, 2e-5, 6000)
+    _assert_matches_gaussian(samples, mean, covariance)
+
+
+def test_sgld_minibatch_matches_the_posterior():
+    samples, (mean, covariance) = _run(SGLD, 1.0, 50, 1e-5, 12000)
+    _assert_matches_gaussian(samples, mean, covariance)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.2])
+def test_sghmc_matches_the_analytic_posterior(temperature):
+    samples, (mean, covariance) = _run(SGHMC, temperature, 100, 2e-3, 6000, friction=100.0)
+    _assert_matches_gaussian(samples, mean, covariance)
+
+
+def test_preconditioned_sgld_matches_the_posterior():
+    samples, (mean, covariance) = _run(PreconditionedSGLD, 1.0, N_DATA, 2e-4, 6000)
+    _assert_matches_gaussian(samples, mean, covariance)
+
+
+def test_cold_posterior_shrinks_the_spread_by_the_temperature():
+    warm, _ = _run(SGLD, 1.0, N_DATA, 2e-5, 4000, chains=2)
+    cold, _ = _run(SGLD, 0.1, N_DATA, 2e-5, 4000, chains=2)
+    ratio = cold.reshape(-1, 2).var(0) / warm.reshape(-1, 2).var(0)
+    assert np.all((0.06 < ratio) & (ratio < 0.16)), ratio
+
+
+def test_cyclical_schedule_keeps_samples_only_in_sampling_phases():
+    schedule = CyclicalSchedule(step_size=1e-4, n_steps=1000, n_cycles=4, exploration_fraction=0.5)
+    assert schedule(0) == pytest.approx(1e-4) and schedule(249) < 1e-6
+    assert not schedule.is_sampling(10) and schedule.is_sampling(200) and not schedule.is_sampling(260)
+    x, y = _data()
+    sampler = SGLD(Linear(), _nll, N_DATA, PRIOR, schedule, generator=1)
+    kept = sampler.sample(_batches(x, y, N_DATA), 1000, progress=False)
+    assert len(kept) == 500
+    mean, _ = _posterior(x, y, 1.0)
+    assert np.allclose(np.mean([s["weights"].numpy() for s in kept], 0), mean, atol=0.02)
+
+
+def test_samplers_reject_bad_settings():
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        SGLD(Linear(), _nll, N_DATA, PRIOR, 1e-4, temperature=0.0)
+    with pytest.raises(ValueError, match="prior_std must be > 0"):
+        SGLD(Linear(), _nll, N_DATA, -1.0, 1e-4)
+    with pytest.raises(ValueError, match="step_size must be > 0"):
+        SGLD(Linear(), _nll, N_DATA, PRIOR, ConstantSchedule(0.0))
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        SGLD(torch.nn.Linear(2, 1).requires_grad_(False), _nll, N_DATA, PRIOR, 1e-4)
