@@ -17,6 +17,11 @@ Duck-typed hooks a potential may offer, used when present:
 - ``force_uncertainty(positions (B, N, 3) nm, cell (3, 3) nm | None) -> (B, N) kJ/mol/nm`` :
   per-atom force uncertainty (an ensemble's spread); the calculator puts it into
   ``calc.results["force_uncertainty"]``, shape (N,), in eV/Å, after every calculation.
+
+No ASE entry point is registered: ASE 3.29's calculator plugins (group ``ase.plugins``) live
+in its private, experimental ``ase._4`` package, only ``ase info --plugins`` reads them, and
+``get_calculator_class`` never does; a calculator built from a potential object has no use
+for lookup by name anyway.
 """
 
 from __future__ import annotations
