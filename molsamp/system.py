@@ -143,6 +143,36 @@ class System:
             raise ValueError("atoms.pbc is set but atoms.cell is not a full 3D cell; set atoms.cell")
         return cls(atoms.numbers.copy(), atoms.get_masses().copy(), cell, tuple(atoms.pbc))
 
+    def to_ase(self, positions: Any) -> ase.Atoms:
+        """``ase.Atoms`` of this system at ``positions``; the inverse of :meth:`from_ase`.
+
+        Parameters
+        ----------
+        positions : (N, 3) array or tensor, nm (one walker: ``state.positions[0]``)
+
+        Returns
+        -------
+        ``ase.Atoms`` with positions and cell in Å, this system's masses (amu), atomic numbers
+        and pbc. The topology is not carried over: ASE has no place for it.
+        """
+        import ase
+
+        from molsamp.units import angstrom_from_nm
+
+        xyz = torch.as_tensor(positions).detach().to("cpu", torch.float64)
+        if tuple(xyz.shape) != (self.n_atoms, 3):
+            raise ValueError(
+                f"positions must have shape (N, 3) = ({self.n_atoms}, 3) in nm, got "
+                f"{tuple(xyz.shape)}; for a State pass one walker, e.g. state.positions[0]"
+            )
+        return ase.Atoms(
+            numbers=self.atomic_numbers.numpy(),
+            positions=angstrom_from_nm(xyz.numpy()),
+            masses=self.masses.numpy(),
+            cell=None if self.cell is None else angstrom_from_nm(self.cell.numpy()),
+            pbc=self.pbc,
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class State:

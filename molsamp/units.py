@@ -65,3 +65,8 @@ def kj_per_mol_nm_from_ev_per_angstrom(force_ev_per_angstrom):
 def ev_per_angstrom3_from_kj_per_mol_nm3(stress):
     """Stress (energy density) kJ/mol/nm³ → eV/Å³."""
     return stress / (KJ_PER_MOL_PER_EV * ANGSTROM_PER_NM**3)
+
+
+def angstrom_per_fs_from_nm_per_ps(velocity_nm_per_ps):
+    """Velocity nm/ps → Å/fs (ASE's velocities are Å/fs divided by ``ase.units.fs``)."""
+    return velocity_nm_per_ps * ANGSTROM_PER_NM / FS_PER_PS
