@@ -182,13 +182,20 @@ class SGLD(SGMCMC):
 class PreconditionedSGLD(SGMCMC):
     """SGLD with an RMSprop diagonal preconditioner G = 1/(λ + √V), V ← αV + (1−α)g².
 
-    The Γ(θ) correction term is dropped, as in Li et al.; it vanishes when V settles.
+    Li et al. drop the Γ(θ) correction term; with V following every gradient that biases
+    the spread (~10 % wider on a Gaussian posterior). ``adaptation_steps`` freezes V after
+    that many steps (set it within the burn-in): sampling is then exact Langevin with a
+    constant diagonal mass matrix.
     """
 
-    def __init__(self, *args, alpha: float = 0.99, epsilon: float = 1e-8, **kwargs):
+    def __init__(
+        self, *args, alpha: float = 0.99, epsilon: float = 1e-8, adaptation_steps: int | None = None, **kwargs
+    ):
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-        self.alpha, self.epsilon = alpha, epsilon
+        if adaptation_steps is not None and adaptation_steps < 1:
+            raise ValueError(f"adaptation_steps must be >= 1 or None, got {adaptation_steps}")
+        self.alpha, self.epsilon, self.adaptation_steps = alpha, epsilon, adaptation_steps
         super().__init__(*args, **kwargs)
 
     def _initial_state(self, parameter):
@@ -199,7 +206,7 @@ class PreconditionedSGLD(SGMCMC):
         average = state["square_average"]
         if self.iteration == 0:
             average.copy_(scaled.square())
-        else:
+        elif self.adaptation_steps is None or self.iteration < self.adaptation_steps:
             average.mul_(self.alpha).add_((1 - self.alpha) * scaled.square())
         precondition = 1.0 / (self.epsilon + average.sqrt()) / self.dataset_size
         parameter.add_(

@@ -74,13 +74,9 @@ class MolsampCalculator(Calculator):
         dtype: torch.dtype = torch.float64,
     ):
         if not isinstance(potential, Potential):
-            raise TypeError(
-                f"potential must be a molsamp Potential, got {type(potential).__name__}"
-            )
+            raise TypeError(f"potential must be a molsamp Potential, got {type(potential).__name__}")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(
-                f"dtype must be a floating torch dtype such as torch.float64, got {dtype}"
-            )
+            raise ValueError(f"dtype must be a floating torch dtype such as torch.float64, got {dtype}")
         super().__init__()
         self.potential = potential
         self.device = torch.device(device)
@@ -99,9 +95,9 @@ class MolsampCalculator(Calculator):
         atoms = self.atoms
         self._check_elements(atoms.numbers)
         cell = self._cell_nm(atoms)
-        positions = torch.as_tensor(
-            nm_from_angstrom(atoms.positions), dtype=self.dtype, device=self.device
-        )[None]
+        positions = torch.as_tensor(nm_from_angstrom(atoms.positions), dtype=self.dtype, device=self.device)[
+            None
+        ]
         if "stress" in properties:
             if cell is None:
                 raise PropertyNotImplementedError(
@@ -169,9 +165,7 @@ class MolsampCalculator(Calculator):
         with torch.enable_grad():
             x = positions.detach().requires_grad_(True)
             strain = torch.zeros(3, 3, dtype=self.dtype, device=self.device, requires_grad=True)
-            deformation = torch.eye(3, dtype=self.dtype, device=self.device) + 0.5 * (
-                strain + strain.T
-            )
+            deformation = torch.eye(3, dtype=self.dtype, device=self.device) + 0.5 * (strain + strain.T)
             strained_cell = cell @ deformation
             energy = self.potential.energy(x @ deformation, strained_cell)
             grad_x, grad_strain, grad_cell = torch.autograd.grad(

@@ -54,18 +54,16 @@ from molsamp.system import System
 class _PotentialComputation:
     """The function a ``PythonForce`` calls: OpenMM State → (energy kJ/mol, forces (n, 3))."""
 
-    def __init__(
-        self, potential: Potential, periodic: bool, device: torch.device, dtype: torch.dtype
-    ):
+    def __init__(self, potential: Potential, periodic: bool, device: torch.device, dtype: torch.dtype):
         self.potential = potential
         self.periodic = periodic
         self.device = device
         self.dtype = dtype
 
     def __call__(self, state: openmm.State) -> tuple[float, np.ndarray]:
-        positions = torch.as_tensor(
-            np.asarray(state.getPositions(asNumpy=True)._value), dtype=self.dtype
-        ).to(self.device)[None]
+        positions = torch.as_tensor(np.asarray(state.getPositions(asNumpy=True)._value), dtype=self.dtype).to(
+            self.device
+        )[None]
         cell = None
         if self.periodic:
             box = np.asarray(state.getPeriodicBoxVectors(asNumpy=True)._value)
@@ -216,9 +214,7 @@ class _TorchForceModule(torch.nn.Module):
             "particles", torch.tensor([] if particles is None else particles, dtype=torch.int64)
         )
 
-    def forward(
-        self, positions: torch.Tensor, boxvectors: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, positions: torch.Tensor, boxvectors: torch.Tensor | None = None) -> torch.Tensor:
         if self.use_subset:
             positions = positions[self.particles]
         return self.potential._energy(positions[None], boxvectors)[0]

@@ -97,7 +97,8 @@ class LennardJones(Potential):
     """Truncated and shifted Lennard-Jones pair potential, optionally periodic.
 
     E = Σ_{i<j, r<r_c} 4ε[(σ/r)¹² − (σ/r)⁶] − E(r_c), all pairs by the minimum-image
-    convention (orthorhombic cells with r_c ≤ half the shortest box length).
+    convention (any cell with r_c ≤ half its smallest perpendicular width). Dense (B, N, N)
+    pair tensors: meant for test beds of up to a few hundred atoms.
 
     Parameters
     ----------
@@ -118,20 +119,34 @@ class LennardJones(Potential):
         self.shift = 0.0 if cutoff is None else 4 * epsilon * ((sigma / cutoff) ** 12 - (sigma / cutoff) ** 6)
 
     def _pair_vectors(self, positions: torch.Tensor, cell: torch.Tensor | None) -> torch.Tensor:
-        """Minimum-image vectors rᵢ − rⱼ, (B, N, N, 3)."""
+        """Minimum-image vectors rᵢ − rⱼ, (B, N, N, 3), differentiable w.r.t. positions and cell."""
         d = positions[:, :, None, :] - positions[:, None, :, :]
         if self.requires_cell:
-            lengths = torch.diagonal(cell)
-            if (cell - torch.diag(lengths)).abs().max() > 1e-12 * lengths.max():
-                raise ValueError("LennardJones supports orthorhombic cells only (diagonal cell matrix)")
-            if self.cutoff > 0.5 * float(lengths.min()):
-                raise ValueError(
-                    f"cutoff {self.cutoff} nm exceeds half the shortest box length "
-                    f"{0.5 * float(lengths.min()):.4g} nm; use a smaller cutoff or a bigger box"
-                )
-            lengths = lengths.to(positions)
-            d = d - lengths * torch.round(d / lengths)
+            self._check_cutoff_fits(cell)
+            cell = cell.to(positions)
+            fractional = d @ torch.linalg.inv(cell)
+            d = (fractional - torch.round(fractional.detach())) @ cell
         return d
+
+    def _check_cutoff_fits(self, cell: torch.Tensor) -> None:
+        """Minimum image is exact when r_c ≤ half the smallest perpendicular width of the cell
+        (then at most one image of a pair lies inside the cutoff). Checked once per cell tensor."""
+        key = (cell.data_ptr(), cell._version, cell.device)
+        if key == getattr(self, "_checked_cell", None):
+            return
+        with torch.no_grad():
+            a, b, c = cell.to(torch.float64)
+            volume = torch.abs(torch.dot(a, torch.linalg.cross(b, c)))
+            areas = torch.stack(
+                [torch.linalg.cross(b, c), torch.linalg.cross(c, a), torch.linalg.cross(a, b)]
+            ).norm(dim=1)
+            half_width = 0.5 * (volume / areas).min().item()
+        if self.cutoff > half_width:
+            raise ValueError(
+                f"cutoff {self.cutoff} nm exceeds half the smallest cell width {half_width:.4g} nm; "
+                "use a smaller cutoff or a bigger box"
+            )
+        self._checked_cell = key
 
     def _pair_terms(self, positions, cell):
         d = self._pair_vectors(positions, cell)

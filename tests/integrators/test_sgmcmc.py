@@ -25,29 +25,31 @@ def _posterior(x, y, temperature):
 
 
 class Linear(torch.nn.Module):
-    def __init__(self):
+    """y = x·w for C independent chains at once: weights (C, 2). The likelihood sums over
+    chains, so each chain's gradient is its own and one sampler runs all C chains."""
+
+    def __init__(self, chains: int = 1):
         super().__init__()
-        self.weights = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+        self.weights = torch.nn.Parameter(torch.zeros(chains, 2, dtype=torch.float64))
 
 
 def _nll(model, batch):
     x, y = batch
-    return 0.5 * ((x @ model.weights - y) ** 2).sum() / NOISE**2, len(y)
+    return 0.5 * ((x @ model.weights.T - y[:, None]) ** 2).sum() / NOISE**2, len(y)
 
 
 def _batches(x, y, batch_size):
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, N_DATA, batch_size)]
 
 
-def _run(sampler_class, temperature, batch_size, step_size, n_steps, chains=4, **options):
+def _run(sampler_class, temperature, batch_size, step_size, n_steps, chains=32, **options):
+    """Samples (T, chains, 2) after a burn-in of a fifth, and the analytic posterior."""
     x, y = _data()
-    samples = []
-    for chain in range(chains):
-        model = Linear()
-        sampler = sampler_class(model, _nll, N_DATA, PRIOR, step_size, temperature, generator=100 + chain, **options)
-        kept = sampler.sample(_batches(x, y, batch_size), n_steps, burn_in=n_steps // 5, progress=False)
-        samples.append(np.stack([s["weights"].numpy() for s in kept]))
-    return np.stack(samples, axis=1), _posterior(x, y, temperature)  # (T, chains, 2)
+    sampler = sampler_class(
+        Linear(chains), _nll, N_DATA, PRIOR, step_size, temperature, generator=100, **options
+    )
+    kept = sampler.sample(_batches(x, y, batch_size), n_steps, burn_in=n_steps // 5, thin=5, progress=False)
+    return np.stack([s["weights"].numpy() for s in kept]), _posterior(x, y, temperature)
 
 
 def _assert_matches_gaussian(samples, mean, covariance, n_sigma=4.5):
@@ -80,15 +82,16 @@ def test_sghmc_matches_the_analytic_posterior(temperature):
 
 
 def test_preconditioned_sgld_matches_the_posterior():
-    samples, (mean, covariance) = _run(PreconditionedSGLD, 1.0, N_DATA, 2e-4, 6000)
+    """Preconditioner adapted during burn-in, then frozen: exact up to the step-size bias."""
+    samples, (mean, covariance) = _run(PreconditionedSGLD, 1.0, N_DATA, 1e-3, 8000, adaptation_steps=1200)
     _assert_matches_gaussian(samples, mean, covariance)
 
 
 def test_cold_posterior_shrinks_the_spread_by_the_temperature():
-    warm, _ = _run(SGLD, 1.0, N_DATA, 2e-5, 4000, chains=2)
-    cold, _ = _run(SGLD, 0.1, N_DATA, 2e-5, 4000, chains=2)
+    warm, _ = _run(SGLD, 1.0, N_DATA, 2e-5, 3000)
+    cold, _ = _run(SGLD, 0.1, N_DATA, 2e-5, 3000)
     ratio = cold.reshape(-1, 2).var(0) / warm.reshape(-1, 2).var(0)
-    assert np.all((0.06 < ratio) & (ratio < 0.16)), ratio
+    assert np.all((0.08 < ratio) & (ratio < 0.125)), ratio
 
 
 def test_cyclical_schedule_keeps_samples_only_in_sampling_phases():
@@ -96,11 +99,11 @@ def test_cyclical_schedule_keeps_samples_only_in_sampling_phases():
     assert schedule(0) == pytest.approx(1e-4) and schedule(249) < 1e-6
     assert not schedule.is_sampling(10) and schedule.is_sampling(200) and not schedule.is_sampling(260)
     x, y = _data()
-    sampler = SGLD(Linear(), _nll, N_DATA, PRIOR, schedule, generator=1)
+    sampler = SGLD(Linear(8), _nll, N_DATA, PRIOR, schedule, generator=1)
     kept = sampler.sample(_batches(x, y, N_DATA), 1000, progress=False)
     assert len(kept) == 500
     mean, _ = _posterior(x, y, 1.0)
-    assert np.allclose(np.mean([s["weights"].numpy() for s in kept], 0), mean, atol=0.02)
+    assert np.allclose(np.mean([s["weights"].numpy() for s in kept], (0, 1)), mean, atol=0.02)
 
 
 def test_samplers_reject_bad_settings():

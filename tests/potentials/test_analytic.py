@@ -97,16 +97,27 @@ def test_lennard_jones_matches_openmm_custom_nonbonded():
     )
 
 
-def test_lennard_jones_rejects_cutoff_beyond_half_box_and_triclinic():
+def test_lennard_jones_rejects_cutoff_beyond_half_the_cell_width():
     potential = LennardJones(1.0, 0.34, cutoff=1.0, periodic=True)
     x = torch.zeros(1, 2, 3, dtype=torch.float64)
-    with pytest.raises(ValueError, match="exceeds half the shortest box length"):
+    with pytest.raises(ValueError, match="exceeds half the smallest cell width"):
         potential.energy(x, torch.eye(3, dtype=torch.float64) * 1.5)
-    skewed = torch.tensor([[3.0, 0, 0], [1.0, 3.0, 0], [0, 0, 3.0]], dtype=torch.float64)
-    with pytest.raises(ValueError, match="orthorhombic"):
+    skewed = torch.tensor([[3.0, 0, 0], [2.5, 1.5, 0], [0, 0, 3.0]], dtype=torch.float64)  # width 1.5 nm
+    with pytest.raises(ValueError, match="exceeds half the smallest cell width 0.75 nm"):
         potential.energy(x, skewed)
     with pytest.raises(ValueError, match="is periodic: pass cell"):
         potential.energy(x)
+
+
+def test_lennard_jones_triclinic_cell_equals_its_orthorhombic_equivalent():
+    """A sheared description of the same lattice (b' = b + a) gives the same energy and forces."""
+    _, state, potential = lennard_jones_fluid(n_cells=2, cutoff_sigma=1.2)  # fits the sheared cell
+    x = state.positions + 0.02 * torch.randn(state.positions.shape, generator=GENERATOR, dtype=torch.float64)
+    sheared = state.cell.clone()
+    sheared[1] += sheared[0]
+    reference = potential.energy_and_forces(x, state.cell)
+    torch.testing.assert_close(potential.energy_and_forces(x, sheared), reference)
+    assert_forces_match_finite_differences(potential, x, sheared, atol=1e-4)
 
 
 def test_potentials_reject_bad_shapes_and_parameters():
