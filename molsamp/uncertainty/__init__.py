@@ -1,6 +1,6 @@
 """How far to trust a simulation: calibration of force uncertainty, credible intervals."""
 
-from molsamp.uncertainty.calibration import Calibration, calibrate, plot_calibration
+from molsamp.uncertainty.calibration import Calibration, calibrate, plot_calibration, recalibration_factor
 from molsamp.uncertainty.propagation import (
     CredibleInterval,
     credible_interval,
@@ -14,6 +14,7 @@ __all__ = [
     "Calibration",
     "calibrate",
     "plot_calibration",
+    "recalibration_factor",
     "CredibleInterval",
     "credible_interval",
     "member_weights",

@@ -82,3 +82,10 @@ def plot_calibration(
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def recalibration_factor(predicted: torch.Tensor, reference: torch.Tensor, sigma: torch.Tensor) -> float:
+    """Scalar s making s·σ calibrated on these (validation) data: s = √⟨z²⟩ for z = error/σ
+    per component. Apply it to test-set σ, never fit it on the test set."""
+    z = calibrate(predicted, reference, sigma).standardized_errors
+    return float(np.sqrt(np.mean(z**2)))

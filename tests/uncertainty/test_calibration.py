@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from molsamp.uncertainty import calibrate, plot_calibration
+from molsamp.uncertainty import calibrate, plot_calibration, recalibration_factor
 
 
 def _synthetic(sigma_scale: float, seed: int = 0):
@@ -34,3 +34,11 @@ def test_calibrate_rejects_mismatched_shapes():
     predicted, reference, sigma = _synthetic(1.0)
     with pytest.raises(ValueError, match=r"sigma \(M, N\)"):
         calibrate(predicted, reference, sigma[:, :5])
+
+
+def test_recalibration_factor_restores_coverage():
+    predicted, reference, sigma = _synthetic(0.5, seed=1)
+    factor = recalibration_factor(predicted, reference, sigma)
+    assert factor == pytest.approx(2.0, rel=0.03)
+    test_predicted, test_reference, test_sigma = _synthetic(0.5, seed=2)  # fitted on other data
+    assert calibrate(test_predicted, test_reference, factor * test_sigma).coverage(0.68) == pytest.approx(0.68, abs=0.02)
