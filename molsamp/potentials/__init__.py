@@ -1,7 +1,17 @@
-"""Potential energy models: analytic test beds, OpenMM force fields and (later) neural networks."""
+"""Potential energy models: analytic test beds, OpenMM force fields and neural networks."""
 
 from molsamp.potentials.analytic import DoubleWell, HarmonicPotential, LennardJones
 from molsamp.potentials.base import Potential
+from molsamp.potentials.graph import GraphPotential
+from molsamp.potentials.mace import MACE
 from molsamp.potentials.openmm import OpenMMPotential
 
-__all__ = ["Potential", "HarmonicPotential", "DoubleWell", "LennardJones", "OpenMMPotential"]
+__all__ = [
+    "Potential",
+    "HarmonicPotential",
+    "DoubleWell",
+    "LennardJones",
+    "OpenMMPotential",
+    "GraphPotential",
+    "MACE",
+]

@@ -41,7 +41,7 @@ class BesselBasis(torch.nn.Module):
 
 
 class PolynomialCutoff(torch.nn.Module):
-    """Smooth envelope going to 0 at r_max with p − 1 vanishing derivatives.
+    """Smooth envelope going to 0 at r_max like (1 − x)³: continuous energy and forces.
 
     f(x) = 1 − (p+1)(p+2)/2 x^p + p(p+2) x^{p+1} − p(p+1)/2 x^{p+2}, x = r / r_max, and
     f = 0 for x ≥ 1 (Gasteiger et al., DimeNet, 2020).

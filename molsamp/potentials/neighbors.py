@@ -170,7 +170,7 @@ def _torch_pairs(x, cutoff, box, pbc):
     zero_image = (images == 0).all(-1)
     within &= ~(torch.eye(n, dtype=torch.bool, device=device)[:, :, None] & zero_image)
     i, j, k = torch.nonzero(within, as_tuple=True)
-    shifts = images[k] + offset[j] - offset[i]
+    shifts = images[k] - offset[j] + offset[i]
     return i, j, shifts
 
 

@@ -120,7 +120,15 @@ class SymmetricContraction(torch.nn.Module):
         dim = self.irreps_in.dim
         dtype = torch.get_default_dtype()
         for nu in range(1, correlation + 1):
-            self.register_buffer(f"monomials_{nu}", monomial_indices(dim, nu).clone())
+            self.register_buffer(
+                f"monomials_{nu}", monomial_indices(dim, nu).clone(), persistent=False
+            )
+            if nu > 1:
+                lookup = {tuple(m): k for k, m in enumerate(monomial_indices(dim, nu - 1).tolist())}
+                prefix = [lookup[tuple(m[:-1])] for m in monomial_indices(dim, nu).tolist()]
+                self.register_buffer(
+                    f"prefix_{nu}", torch.tensor(prefix, dtype=torch.int64), persistent=False
+                )
         self.weights = torch.nn.ParameterDict()
         self._couplings: dict[str, tuple[int, str]] = {}
         for _, ir in self.irreps_out:
@@ -140,13 +148,14 @@ class SymmetricContraction(torch.nn.Module):
         }
 
     def forward(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        products = []
-        for nu in range(1, self.correlation + 1):
-            index = getattr(self, f"monomials_{nu}")
-            p = features[:, :, index[:, 0]]
-            for k in range(1, nu):
-                p = p * features[:, :, index[:, k]]
-            products.append(p)  # (M, C, n_monomials)
+        products = [features]
+        for nu in range(2, self.correlation + 1):
+            # monomial (m1 … mν) = monomial (m1 … mν−1) of order ν−1 times feature mν
+            prefix = getattr(self, f"prefix_{nu}")
+            last = getattr(self, f"monomials_{nu}")[:, -1]
+            products.append(
+                products[-1].index_select(2, prefix) * features.index_select(2, last)
+            )  # (M, C, n_monomials)
         outputs = []
         for _, ir in self.irreps_out:
             total = 0.0
