@@ -5,6 +5,8 @@ from molsamp.potentials.base import Potential
 from molsamp.potentials.graph import GraphPotential
 from molsamp.potentials.mace import MACE
 from molsamp.potentials.openmm import OpenMMPotential
+from molsamp.potentials.serialization import load_potential, save_potential
+from molsamp.potentials.tensornet import TensorNet
 
 __all__ = [
     "Potential",
@@ -14,4 +16,7 @@ __all__ = [
     "OpenMMPotential",
     "GraphPotential",
     "MACE",
+    "TensorNet",
+    "save_potential",
+    "load_potential",
 ]

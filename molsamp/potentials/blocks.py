@@ -94,7 +94,7 @@ class RadialMLP(torch.nn.Module):
         if len(sizes) < 2 or min(sizes) < 1:
             raise ValueError(f"sizes must list >= 2 positive widths, got {sizes}")
         self.layers = torch.nn.ModuleList(
-            torch.nn.Linear(a, b, bias=False) for a, b in zip(sizes[:-1], sizes[1:])
+            torch.nn.Linear(a, b, bias=False) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
         )
         for layer in self.layers:
             torch.nn.init.normal_(layer.weight, std=1.0 / math.sqrt(layer.in_features))

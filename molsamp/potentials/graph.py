@@ -207,9 +207,9 @@ class GraphPotential(Potential):
             if want_grad and not vectors.requires_grad:
                 vectors.requires_grad_(True)
             outputs = self._atom_energies(species, edge_index, vectors)
-            atom_energy = (
-                self.atomic_energies[species] + self.shift + self.scale * outputs
-            ).to(positions.dtype)
+            atom_energy = (self.atomic_energies[species] + self.shift + self.scale * outputs).to(
+                positions.dtype
+            )
             energy = scatter_sum(atom_energy, batch, n_structures)
             result = {"energy": energy}
             if want_grad:

@@ -194,8 +194,14 @@ class MACE(GraphPotential):
             irreps_out = scalars if last else hidden
             self.layers.append(
                 MACELayer(
-                    irreps_node, self.irreps_sh, irreps_out, n_channels, n_el,
-                    num_bessel, list(radial_mlp), correlation,
+                    irreps_node,
+                    self.irreps_sh,
+                    irreps_out,
+                    n_channels,
+                    n_el,
+                    num_bessel,
+                    list(radial_mlp),
+                    correlation,
                 )  # fmt: skip
             )
             self.readouts.append(ScalarReadout(n_channels, readout_hidden if last else 0))
@@ -218,7 +224,7 @@ class MACE(GraphPotential):
         sh = self.spherical_harmonics(vectors)
         node = self.embedding(one_hot)
         energy = torch.zeros(species.shape[0], dtype=dtype, device=vectors.device)
-        for layer, readout in zip(self.layers, self.readouts):
+        for layer, readout in zip(self.layers, self.readouts, strict=True):
             node = layer(node, one_hot, species, edge_index, sh, radial, self.avg_num_neighbors)
             energy = energy + readout(node[:, : self.n_channels])
         return energy

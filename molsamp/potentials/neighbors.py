@@ -119,7 +119,7 @@ def neighbor_pairs(
     search = _vesin_pairs if use_vesin else _torch_pairs
     edges, shifts = [], []
     with torch.no_grad():
-        for s, (start, count) in enumerate(zip(starts, counts)):
+        for s, (start, count) in enumerate(zip(starts, counts, strict=True)):
             x = positions[start : start + count].detach()
             box = None if cell is None else cell[s].detach()
             i, j, shift = search(x, cutoff, box, pbc)
@@ -161,7 +161,9 @@ def _torch_pairs(x, cutoff, box, pbc):
         wrapped = x - floor @ box
         # plane spacing along box vector k is 1 / |column k of inv(box)|
         spacing = 1.0 / torch.linalg.norm(inverse, dim=0)
-        reach = [math.ceil(cutoff / float(d)) if p else 0 for d, p in zip(spacing, pbc)]
+        reach = [
+            math.ceil(cutoff / float(d)) if p else 0 for d, p in zip(spacing, pbc, strict=True)
+        ]
         ranges = [torch.arange(-r, r + 1, device=device, dtype=x.dtype) for r in reach]
         images = torch.cartesian_prod(*ranges)
     image_vectors = images @ box if box is not None and any(pbc) else images
@@ -209,9 +211,7 @@ class NeighborCache:
         :func:`neighbor_pairs`."""
         x = positions.detach()
         if self._stale(x, cell):
-            self._pairs = neighbor_pairs(
-                x, self.cutoff + self.skin, batch, n_structures, cell, pbc
-            )
+            self._pairs = neighbor_pairs(x, self.cutoff + self.skin, batch, n_structures, cell, pbc)
             self._reference = x.clone()
             self._cell = None if cell is None else cell.detach().clone()
             self.n_builds += 1

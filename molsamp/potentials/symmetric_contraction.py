@@ -20,6 +20,7 @@ import math
 import torch
 from e3nn import o3
 
+
 @functools.lru_cache(maxsize=16)
 def symmetric_coupling(irreps_in: str, nu: int, irrep_out: str) -> torch.Tensor:
     """U^{ν,L} summed over index permutations, float64 on CPU, orthonormal paths.
@@ -43,7 +44,7 @@ def symmetric_coupling(irreps_in: str, nu: int, irrep_out: str) -> torch.Tensor:
     irreps_in = o3.Irreps(irreps_in)
     ir_out = o3.Irrep(irrep_out)
     dim = irreps_in.dim
-    blocks = [(ir, sl) for (_, ir), sl in zip(irreps_in, irreps_in.slices())]
+    blocks = [(ir, sl) for (_, ir), sl in zip(irreps_in, irreps_in.slices(), strict=True)]
     # partial couplings: (irrep, tensor of shape (dim,)*k + (ir.dim,))
     partial = []
     for ir, sl in blocks:
@@ -181,7 +182,8 @@ class SymmetricContraction(torch.nn.Module):
 def channel_layout(x: torch.Tensor, irreps: o3.Irreps, channels: int) -> torch.Tensor:
     """e3nn layout (M, Σ mul·dim) with every mul == channels → (M, channels, Σ dim)."""
     blocks = [
-        x[:, sl].reshape(-1, channels, ir.dim) for (mul, ir), sl in zip(irreps, irreps.slices())
+        x[:, sl].reshape(-1, channels, ir.dim)
+        for (mul, ir), sl in zip(irreps, irreps.slices(), strict=True)
     ]
     return torch.cat(blocks, dim=-1)
 

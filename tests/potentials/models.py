@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from molsamp.potentials import MACE
+from molsamp.potentials import MACE, TensorNet
 
 
 def small_mace(elements=(1, 6, 7, 8), r_max=0.4, seed=0) -> MACE:
@@ -19,5 +19,11 @@ def small_mace(elements=(1, 6, 7, 8), r_max=0.4, seed=0) -> MACE:
     )
 
 
+def small_tensornet(elements=(1, 6, 7, 8), r_max=0.4, seed=0) -> TensorNet:
+    torch.manual_seed(seed)
+    return TensorNet(
+        elements, r_max=r_max, hidden_channels=8, readout_hidden=16, dtype=torch.float64
+    )
 
-MODELS = {"mace": small_mace}
+
+MODELS = {"mace": small_mace, "tensornet": small_tensornet}

@@ -55,7 +55,9 @@ def test_permutation_of_same_element_atoms(name, alanine):
     z, x = alanine
     hydrogens = torch.nonzero(z == 1).flatten()
     perm = torch.arange(len(z))
-    perm[hydrogens] = hydrogens[torch.randperm(len(hydrogens), generator=torch.Generator().manual_seed(3))]
+    perm[hydrogens] = hydrogens[
+        torch.randperm(len(hydrogens), generator=torch.Generator().manual_seed(3))
+    ]
     model = MODELS[name]()
     e1, f1 = model.bind(z).energy_and_forces(x[None])
     e2, f2 = model.bind(z[perm]).energy_and_forces(x[perm][None])
@@ -67,7 +69,7 @@ def test_forces_are_minus_gradient_by_finite_differences(name, alanine):
     z, x = alanine
     model = MODELS[name]().bind(z)
     _, forces = model.energy_and_forces(x[None])
-    h = 1e-5
+    h = 1e-6  # central differences err by O(h²·E'''); round-off is ~1e-10 here
     generator = torch.Generator().manual_seed(5)
     for atom in torch.randint(0, len(z), (4,), generator=generator).tolist():
         for axis in range(3):
@@ -75,9 +77,7 @@ def test_forces_are_minus_gradient_by_finite_differences(name, alanine):
             plus[atom, axis] += h
             minus[atom, axis] -= h
             derivative = (model.energy(plus[None]) - model.energy(minus[None])) / (2 * h)
-            torch.testing.assert_close(
-                -derivative, forces[:, atom, axis], rtol=1e-6, atol=1e-6
-            )
+            torch.testing.assert_close(-derivative, forces[:, atom, axis], rtol=1e-6, atol=1e-6)
 
 
 def test_stress_is_strain_derivative(name):
@@ -107,9 +107,7 @@ def test_energy_and_force_continuous_across_cutoff(name):
     r_max = model.r_max  # atom 2 sees atom 0 near r_max and never atom 1 (0.1 nm further)
 
     def energy_and_force(d):
-        x = torch.tensor(
-            [[0.0, 0.0, 0.0], [-0.1, 0.0, 0.0], [d, 0.0, 0.0]], dtype=torch.float64
-        )
+        x = torch.tensor([[0.0, 0.0, 0.0], [-0.1, 0.0, 0.0], [d, 0.0, 0.0]], dtype=torch.float64)
         e, f = model.energy_and_forces(x[None])
         return e.item(), f[0, 2].norm().item()
 

@@ -14,16 +14,14 @@ from molsamp.potentials.neighbors import NeighborCache, edge_vectors, neighbor_p
 def _pair_set(edge_index, shifts):
     return {
         (int(i), int(j), *map(int, s.round()))
-        for i, j, s in zip(edge_index[0], edge_index[1], shifts)
+        for i, j, s in zip(edge_index[0], edge_index[1], shifts, strict=True)
     }
 
 
 def _ase_pairs(x, cell, pbc, cutoff):
     box = np.zeros((3, 3)) if cell is None else cell.numpy()
-    i, j, s = primitive_neighbor_list(
-        "ijS", pbc, box, x.numpy(), cutoff, self_interaction=False
-    )
-    return {(int(a), int(b), *map(int, c)) for a, b, c in zip(i, j, s)}
+    i, j, s = primitive_neighbor_list("ijS", pbc, box, x.numpy(), cutoff, self_interaction=False)
+    return {(int(a), int(b), *map(int, c)) for a, b, c in zip(i, j, s, strict=True)}
 
 
 @pytest.mark.parametrize("backend", ["vesin", "torch"])
