@@ -81,10 +81,38 @@ def symmetric_coupling(irreps_in: str, nu: int, irrep_out: str) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=16)
 def monomial_indices(dim: int, nu: int) -> torch.Tensor:
-    """(n_monomials, ν) int64: the sorted index tuples m1 ≤ … ≤ mν of range(dim)."""
-    return torch.tensor(
-        list(itertools.combinations_with_replacement(range(dim), nu)), dtype=torch.int64
-    ).reshape(-1, nu)
+    """(n_monomials, ν) int64: index tuples m1 ≤ … ≤ mν of range(dim) in colexicographic
+    order, so the monomials whose largest index is ≤ c come first (see ``_products``)."""
+    combos = itertools.combinations_with_replacement(range(dim), nu)
+    return torch.tensor(sorted(combos, key=lambda t: t[::-1]), dtype=torch.int64).reshape(-1, nu)
+
+
+def _path_values(features: torch.Tensor, couplings: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Σ_monomials U^ν[monomial, x] · monomial(features) for ν = 1 … len(couplings).
+
+    features : (…, D); couplings[ν−1] : (n_monomials(D, ν), X_ν) in :func:`monomial_indices`
+    order. Returns [(…, X_ν)]. In colex order the degree-ν monomials ending in index c are
+    (the degree-(ν−1) monomials with largest index ≤ c, a prefix) × feature c, so each block
+    is a slice times a column and is contracted at once: no gathers and no full-size
+    concatenation of the top degree, whose backward-of-backward (force training) dominated.
+    """
+    dim = features.shape[-1]
+    values = [features @ couplings[0]]
+    previous = features
+    for nu in range(2, len(couplings) + 1):
+        u = couplings[nu - 1]
+        total, blocks, start = 0.0, [], 0
+        for c in range(dim):
+            size = math.comb(c + nu - 1, nu - 1)
+            block = previous[..., :size] * features[..., c : c + 1]
+            total = total + block @ u[start : start + size]
+            start += size
+            if nu < len(couplings):
+                blocks.append(block)
+        values.append(total)
+        if blocks:
+            previous = torch.cat(blocks, dim=-1)
+    return values
 
 
 class SymmetricContraction(torch.nn.Module):
@@ -118,62 +146,52 @@ class SymmetricContraction(torch.nn.Module):
                 "channels are given separately"
             )
         self.correlation = int(correlation)
-        dim = self.irreps_in.dim
         dtype = torch.get_default_dtype()
-        for nu in range(1, correlation + 1):
-            self.register_buffer(
-                f"monomials_{nu}", monomial_indices(dim, nu).clone(), persistent=False
-            )
-            if nu > 1:
-                lookup = {tuple(m): k for k, m in enumerate(monomial_indices(dim, nu - 1).tolist())}
-                prefix = [lookup[tuple(m[:-1])] for m in monomial_indices(dim, nu).tolist()]
-                self.register_buffer(
-                    f"prefix_{nu}", torch.tensor(prefix, dtype=torch.int64), persistent=False
-                )
         self.weights = torch.nn.ParameterDict()
-        self._couplings: dict[str, tuple[int, str]] = {}
-        for _, ir in self.irreps_out:
-            for nu in range(1, correlation + 1):
-                u = symmetric_coupling(str(self.irreps_in), nu, str(ir)).to(dtype)
-                self.register_buffer(f"u_{ir}_{nu}", u)
-                self._couplings[f"u_{ir}_{nu}"] = (nu, str(ir))
+        # per ν one coupling matrix (n_monomials, X_ν), the outputs' (2L+1)·paths side by side
+        self._layout: dict[int, list[tuple[str, int, int, int]]] = {}
+        for nu in range(1, correlation + 1):
+            columns, layout, offset = [], [], 0
+            for _, ir in self.irreps_out:
+                u = symmetric_coupling(str(self.irreps_in), nu, str(ir))  # (2L+1, n_mono, K)
                 n_paths = u.shape[-1]
-                w = torch.randn(n_elements, n_paths, channels, dtype=dtype)
-                self.weights[f"{ir}_{nu}"] = torch.nn.Parameter(w / max(n_paths, 1) ** 0.5)
+                if n_paths:
+                    columns.append(u.permute(1, 0, 2).reshape(u.shape[1], -1))
+                    layout.append((str(ir), offset, ir.dim, n_paths))
+                    offset += ir.dim * n_paths
+                    w = torch.randn(n_elements, n_paths, channels, dtype=dtype)
+                    self.weights[f"{ir}_{nu}"] = torch.nn.Parameter(w / n_paths**0.5)
+            self._layout[nu] = layout
+            self.register_buffer(f"u_{nu}", torch.cat(columns, dim=1).to(dtype))
+        for _, ir in self.irreps_out:
+            if not any(name == str(ir) for layout in self._layout.values() for name, *_ in layout):
+                raise ValueError(
+                    f"no symmetric product of {self.irreps_in} up to ν={correlation} "
+                    f"gives {ir}; drop it from irreps_out"
+                )
 
     def exact_buffers(self) -> dict[str, torch.Tensor]:
         """The coupling buffers in float64, to restore full precision after a dtype change."""
-        return {
-            name: symmetric_coupling(str(self.irreps_in), nu, ir)
-            for name, (nu, ir) in self._couplings.items()
-        }
+        exact = {}
+        for nu, layout in self._layout.items():
+            columns = []
+            for name, *_ in layout:
+                u = symmetric_coupling(str(self.irreps_in), nu, name)
+                columns.append(u.permute(1, 0, 2).reshape(u.shape[1], -1))
+            exact[f"u_{nu}"] = torch.cat(columns, dim=1)
+        return exact
 
     def forward(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        products = [features]
-        for nu in range(2, self.correlation + 1):
-            # monomial (m1 … mν) = monomial (m1 … mν−1) of order ν−1 times feature mν
-            prefix = getattr(self, f"prefix_{nu}")
-            last = getattr(self, f"monomials_{nu}")[:, -1]
-            products.append(
-                products[-1].index_select(2, prefix) * features.index_select(2, last)
-            )  # (M, C, n_monomials)
-        outputs = []
-        for _, ir in self.irreps_out:
-            total = 0.0
-            for nu, p in enumerate(products, start=1):
-                u = getattr(self, f"u_{ir}_{nu}")
-                if u.shape[-1] == 0:
-                    continue
-                w = self.weights[f"{ir}_{nu}"][species]  # (M, K, C)
-                paths = torch.einsum("mck,Mkp->mcMp", p, u)
-                total = total + torch.einsum("mcMp,mpc->mcM", paths, w)
-            if isinstance(total, float):
-                raise ValueError(
-                    f"no symmetric product of {self.irreps_in} up to ν={self.correlation} "
-                    f"gives {ir}; drop it from irreps_out"
-                )
-            outputs.append(total)
-        return torch.cat(outputs, dim=-1)
+        couplings = [getattr(self, f"u_{nu}") for nu in range(1, self.correlation + 1)]
+        values = _path_values(features, couplings)  # [(M, C, X_ν)]
+        outputs = {str(ir): 0.0 for _, ir in self.irreps_out}
+        for nu, layout in self._layout.items():
+            for name, offset, dim, n_paths in layout:
+                paths = values[nu - 1][..., offset : offset + dim * n_paths]
+                paths = paths.unflatten(-1, (dim, n_paths))
+                w = self.weights[f"{name}_{nu}"][species]  # (M, K, C)
+                outputs[name] = outputs[name] + torch.einsum("mcdp,mpc->mcd", paths, w)
+        return torch.cat(list(outputs.values()), dim=-1)
 
     def extra_repr(self) -> str:
         return f"{self.irreps_in} -> {self.irreps_out}, correlation={self.correlation}"
