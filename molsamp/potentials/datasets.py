@@ -184,9 +184,7 @@ def alanine_dipeptide_md_dataset(
     from molsamp.units import ps_from_fs
 
     system, state, reference = alanine_dipeptide(temperature=temperature, seed=seed)
-    langevin = LangevinBAOAB(
-        reference, system.masses, ps_from_fs(1.0), temperature, 1.0, seed
-    )
+    langevin = LangevinBAOAB(reference, system.masses, ps_from_fs(1.0), temperature, 1.0, seed)
     state = simulate(langevin, state, equilibration_steps, progress=False)
     with tempfile.TemporaryDirectory(dir=workdir) as folder:
         path = Path(folder) / "frames.dcd"

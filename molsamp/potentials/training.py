@@ -355,7 +355,9 @@ def train(
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    settings = {k: str(v) if not isinstance(v, int | float | bool) else v for k, v in asdict(config).items()}
+    settings = {
+        k: str(v) if not isinstance(v, int | float | bool) else v for k, v in asdict(config).items()
+    }
     return TrainingResult(
         model, best_metrics, history, epoch, time.perf_counter() - start, settings
     )
