@@ -92,3 +92,51 @@ def load_potential(path: str | Path, device: torch.device | str = "cpu") -> Grap
     model = MODEL_CLASSES[name](**hyper, dtype=dtype)
     model.load_state_dict(payload["state_dict"], strict=True)
     return model.to(device)
+
+
+class _AtomEnergies(torch.nn.Module):
+    """The exportable part of a model: graph in, per-atom energies (kJ/mol) out."""
+
+    def __init__(self, model: GraphPotential):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
+        m = self.model
+        outputs = m._atom_energies(species, edge_index, vectors)
+        return m.atomic_energies[species] + m.shift + m.scale * outputs
+
+
+def export_program(
+    model: GraphPotential,
+    atomic_numbers: torch.Tensor,
+    positions: torch.Tensor,
+    path: str | Path | None = None,
+) -> torch.export.ExportedProgram:
+    """``torch.export`` the model's graph network, with dynamic atom and edge counts.
+
+    The program maps (species (M,) int64 element indices, edge_index (2, E), edge vectors
+    (E, 3) nm, all shorter than r_max) to per-atom energies (M,) kJ/mol including E0, scale
+    and shift; the neighbour search (vesin/numpy) stays outside. Forces follow by autograd
+    through the vectors. ``atomic_numbers`` (N,) and ``positions`` (N, 3) nm give an example
+    structure with at least two atoms and two edges. Saved with ``torch.export.save`` when
+    ``path`` is given (load with ``torch.export.load``: no pickled code).
+    """
+    from molsamp.potentials.neighbors import edge_vectors, neighbor_pairs
+
+    batch = torch.zeros(positions.shape[0], dtype=torch.int64, device=positions.device)
+    pairs = neighbor_pairs(positions, model.r_max, batch, 1)
+    vectors = edge_vectors(positions, pairs.edge_index, pairs.shifts, None, batch).detach()
+    species = model.species(atomic_numbers).to(positions.device)
+    atoms = torch.export.Dim("atoms", min=2)
+    edges = torch.export.Dim("edges", min=2)
+    program = torch.export.export(
+        _AtomEnergies(model).eval(),
+        (species, pairs.edge_index, vectors),
+        dynamic_shapes=({0: atoms}, {1: edges}, {0: edges}),
+    )
+    if path is not None:
+        torch.export.save(program, str(path))
+    return program

@@ -68,3 +68,26 @@ def test_tampered_files_are_refused(tmp_path, alanine):
     (tmp_path / "truncated.pt").write_bytes(path.read_bytes()[:200])
     with pytest.raises(ValueError, match="refusing to load"):
         load_potential(tmp_path / "truncated.pt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_torch_export_matches_eager(name, alanine, tmp_path):
+    """torch.export works for both models (30–90 s each on 2 cores, hence slow)."""
+    from molsamp.potentials.neighbors import edge_vectors, neighbor_pairs
+    from molsamp.potentials.serialization import export_program
+
+    z, x = alanine
+    model = MODELS[name]()
+    export_program(model, z, x, tmp_path / "model.pt2")
+    program = torch.export.load(str(tmp_path / "model.pt2")).module()
+    moved = x + 0.01  # a new structure: other vectors, same graph sizes allowed to vary
+    batch = torch.zeros(len(z), dtype=torch.int64)
+    pairs = neighbor_pairs(moved[:15], model.r_max, batch[:15], 1)
+    vectors = edge_vectors(moved[:15], pairs.edge_index, pairs.shifts, None, batch[:15])
+    vectors.requires_grad_(True)
+    exported = program(model.species(z[:15]), pairs.edge_index, vectors).sum()
+    eager = model.predict(z[:15], moved[:15], forces=False)["energy"]
+    torch.testing.assert_close(exported.detach(), eager[0], rtol=1e-12, atol=1e-10)
+    (grad,) = torch.autograd.grad(exported, vectors)
+    assert torch.isfinite(grad).all()
