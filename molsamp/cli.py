@@ -1,4 +1,4 @@
-"""The ``molsamp`` command: ``molsamp demo`` and ``molsamp md``."""
+"""The ``molsamp`` command: ``molsamp demo``, ``molsamp md`` and ``molsamp train``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     md.add_argument("--walkers", type=int, default=1, help="number of walkers B (default %(default)s)")
     md.add_argument("--trajectory-format", choices=["dcd", "xtc", "h5"], default="dcd")
     _add_md_arguments(md, steps=100_000, output="molsamp-md")
+
+    from molsamp.potentials import train_command
+
+    training = commands.add_parser(
+        "train", help="train a MACE or TensorNet potential on energies and forces"
+    )
+    train_command.add_arguments(training)
     return parser
 
 
@@ -135,6 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             demo(args)
+        elif args.command == "train":
+            from molsamp.potentials import train_command
+
+            train_command.run(args)
         else:
             run_md(args, args.trajectory_format)
     except (ValueError, FileNotFoundError, SimulationExploded) as error:

@@ -1,0 +1,42 @@
+"""``molsamp train`` end to end on a tiny extxyz file."""
+
+from __future__ import annotations
+
+import json
+
+import ase
+import ase.io
+import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from molsamp.cli import main
+from molsamp.potentials import TensorNet, load_potential
+
+
+def test_train_command_writes_a_loadable_model(tmp_path):
+    rng = np.random.default_rng(1)
+    frames = []
+    for _ in range(6):
+        atoms = ase.Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+        atoms.positions += 0.05 * rng.normal(size=(3, 3))
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=float(rng.normal()), forces=rng.normal(size=(3, 3))
+        )
+        frames.append(atoms)
+    ase.io.write(tmp_path / "water.extxyz", frames, format="extxyz")
+    output = tmp_path / "model.pt"
+    code = main([
+        "train", "--data", str(tmp_path / "water.extxyz"), "--model", "tensornet",
+        "--channels", "4", "--epochs", "2", "--batch-size", "2", "--val-fraction", "0.34",
+        "--output", str(output), "--quiet",
+    ])  # fmt: skip
+    assert code == 0
+    model = load_potential(output)
+    assert isinstance(model, TensorNet) and model.supported_atomic_numbers == [1, 8]
+    assert json.loads(output.with_suffix(".json").read_text())["epochs"] == 2
+
+
+def test_train_command_reports_bad_input(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "missing.extxyz"), "--quiet"])
+    assert code == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,97 @@
+"""Training lowers held-out force errors a lot; data enter in molsamp's units."""
+
+from __future__ import annotations
+
+import ase
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase.calculators.singlepoint import SinglePointCalculator
+from conftest import random_structure
+from models import MODELS
+
+from molsamp.potentials.datasets import AtomsDataset, Structure, alanine_dipeptide_md_dataset
+from molsamp.potentials.training import TrainingConfig, collate, evaluate, fit_statistics, train
+from molsamp.units import KJ_PER_MOL_PER_EV
+
+
+@pytest.fixture(scope="module")
+def alanine_data():
+    data = alanine_dipeptide_md_dataset(32, interval_steps=100, seed=1, equilibration_steps=1000)
+    return data.split(0.25, seed=0)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_training_lowers_validation_force_error(name, alanine_data):
+    train_set, val_set = alanine_data
+    model = MODELS[name]()
+    fit_statistics(model, train_set)
+    val_batches = [collate(val_set.structures, model.r_max, torch.float64, "cpu")]
+    before = evaluate(model, val_batches)
+    config = TrainingConfig(
+        max_epochs=6, batch_size=4, lr=1e-2, ema_decay=0.5, stage_two_fraction=0.7,
+        stage_two_energy_weight=10.0, progress=False, seed=0,
+    )  # fmt: skip
+    result = train(model, train_set, val_set, config, fit_stats=False)
+    after = evaluate(model, val_batches)
+    # the untrained model is far worse than predicting zero forces; training must beat
+    # both by a wide margin on frames it never saw
+    zero_force_mae = float(torch.cat([s.forces for s in val_set]).abs().mean())
+    assert after["forces_mae"] < 0.2 * before["forces_mae"]
+    assert after["forces_mae"] < 0.6 * zero_force_mae
+    assert result.history[-1]["stage"] == 2
+    assert after["forces_mae"] == pytest.approx(result.best_metrics["forces_mae"], rel=1e-9)
+
+
+def test_stress_training_on_periodic_data_float32():
+    """A TensorNet student learns energies, forces and stress of a MACE teacher (PBC)."""
+    teacher = MODELS["mace"](elements=(1, 8), seed=1)
+    cell = 0.7 * torch.eye(3, dtype=torch.float64)
+    structures = []
+    for seed in range(12):
+        x = random_structure(8, 0.7, seed=100 + seed)
+        z = torch.tensor([8, 1, 1, 8, 1, 1, 8, 1])
+        out = teacher.predict(z, x, cell=cell[None], stress=True)
+        structures.append(Structure(z, x, out["energy"][0], out["forces"], cell, out["stress"][0]))
+    data = AtomsDataset(structures)
+    train_set, val_set = data.split(0.25, seed=0)
+    student = MODELS["tensornet"](elements=(1, 8))
+    config = TrainingConfig(
+        max_epochs=6, batch_size=3, lr=1e-2, stress_weight=1e-3, ema_decay=0.0,
+        stage_two_fraction=1.0, dtype=torch.float32, progress=False,
+    )  # fmt: skip
+    result = train(student, train_set, val_set, config)
+    assert student.atomic_energies.dtype == torch.float32
+    first, best = result.history[0], result.best_metrics
+    assert "stress_mae" in best and best["stress_mae"] < first["stress_mae"]
+    assert best["loss"] < first["loss"]
+
+
+def test_extxyz_units_are_converted(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(3):
+        atoms = ase.Atoms("OH2", positions=rng.normal(size=(3, 3)), cell=4 * np.eye(3), pbc=True)
+        atoms.calc = SinglePointCalculator(
+            atoms, energy=-1.5, forces=np.full((3, 3), 0.2), stress=np.arange(1.0, 7.0) * 1e-3
+        )
+        frames.append(atoms)
+    path = tmp_path / "data.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    data = AtomsDataset.from_extxyz(path)
+    s = data[0]
+    assert s.energy.item() == pytest.approx(-1.5 * KJ_PER_MOL_PER_EV)
+    assert s.forces[0, 0].item() == pytest.approx(0.2 * KJ_PER_MOL_PER_EV * 10)
+    torch.testing.assert_close(s.positions, torch.tensor(frames[0].positions / 10))
+    torch.testing.assert_close(s.cell, 0.4 * torch.eye(3, dtype=torch.float64))
+    assert s.stress[0, 0].item() == pytest.approx(1e-3 * KJ_PER_MOL_PER_EV * 1000)
+    assert s.stress[1, 2].item() == pytest.approx(4e-3 * KJ_PER_MOL_PER_EV * 1000)  # yz
+    assert data.elements() == [1, 8]
+
+
+def test_bad_settings_name_the_field():
+    with pytest.raises(ValueError, match="scheduler"):
+        TrainingConfig(scheduler="step")
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainingConfig(batch_size=0)
