@@ -33,7 +33,13 @@ from molsamp.potentials import MACE
 from molsamp.potentials.datasets import AtomsDataset, alanine_dipeptide_md_dataset
 from molsamp.potentials.training import TrainingConfig, evaluate, train
 from molsamp.systems import alanine_dipeptide
-from molsamp.uncertainty import calibrate, credible_interval, plot_calibration, plot_credible_band, recalibration_factor
+from molsamp.uncertainty import (
+    calibrate,
+    credible_interval,
+    plot_calibration,
+    plot_credible_band,
+    recalibration_factor,
+)
 from molsamp.uncertainty.likelihood import batches_of, energy_force_negative_log_likelihood
 from molsamp.units import kT
 

@@ -38,7 +38,7 @@ def random_structure(n: int, box: float, seed: int, min_distance: float = 0.09):
 
 
 @pytest.fixture(scope="session")
-def alanine():
+def alanine_structure():
     """(atomic_numbers (22,), positions (22, 3) nm) of alanine dipeptide."""
     from molsamp.systems import alanine_dipeptide
 

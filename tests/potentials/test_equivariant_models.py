@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import random_rotation, random_structure, triclinic_cell
-from models import MODELS
+
+from .conftest import random_rotation, random_structure, triclinic_cell
+from .models import MODELS
 
 pytestmark = pytest.mark.parametrize("name", sorted(MODELS))
 
@@ -21,8 +22,8 @@ def _periodic_structure(seed=7):
     return z, x
 
 
-def test_rotation_reflection_translation_invariance(name, alanine):
-    z, x = alanine
+def test_rotation_reflection_translation_invariance(name, alanine_structure):
+    z, x = alanine_structure
     model = MODELS[name]().bind(z)
     generator = torch.Generator().manual_seed(11)
     energy, forces = model.energy_and_forces(x[None])
@@ -51,8 +52,8 @@ def test_periodic_invariance_under_rotation_of_cell_and_atoms(name):
     torch.testing.assert_close(f3, f1, rtol=1e-10, atol=1e-9)
 
 
-def test_permutation_of_same_element_atoms(name, alanine):
-    z, x = alanine
+def test_permutation_of_same_element_atoms(name, alanine_structure):
+    z, x = alanine_structure
     hydrogens = torch.nonzero(z == 1).flatten()
     perm = torch.arange(len(z))
     perm[hydrogens] = hydrogens[
@@ -65,8 +66,8 @@ def test_permutation_of_same_element_atoms(name, alanine):
     torch.testing.assert_close(f2[0], f1[0, perm], rtol=1e-10, atol=1e-9)
 
 
-def test_forces_are_minus_gradient_by_finite_differences(name, alanine):
-    z, x = alanine
+def test_forces_are_minus_gradient_by_finite_differences(name, alanine_structure):
+    z, x = alanine_structure
     model = MODELS[name]().bind(z)
     _, forces = model.energy_and_forces(x[None])
     h = 1e-6  # central differences err by O(h²·E'''); round-off is ~1e-10 here
@@ -126,8 +127,8 @@ def test_energy_and_force_continuous_across_cutoff(name):
     assert 0 < f2 < 2e-2 * f1
 
 
-def test_batched_walkers_equal_one_by_one(name, alanine):
-    z, x = alanine
+def test_batched_walkers_equal_one_by_one(name, alanine_structure):
+    z, x = alanine_structure
     model = MODELS[name]().bind(z)
     generator = torch.Generator().manual_seed(9)
     walkers = x + 0.01 * torch.randn(3, *x.shape, generator=generator, dtype=torch.float64)
@@ -138,8 +139,8 @@ def test_batched_walkers_equal_one_by_one(name, alanine):
         torch.testing.assert_close(f[k : k + 1], fk, rtol=1e-12, atol=1e-10)
 
 
-def test_batch_of_different_structures_equals_one_by_one(name, alanine):
-    z_ala, x_ala = alanine
+def test_batch_of_different_structures_equals_one_by_one(name, alanine_structure):
+    z_ala, x_ala = alanine_structure
     z_p, x_p = _periodic_structure(seed=10)
     cell = triclinic_cell()
     model = MODELS[name]()

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 from ase.neighborlist import primitive_neighbor_list
-from conftest import random_structure, triclinic_cell
 
 from molsamp.potentials.neighbors import NeighborCache, edge_vectors, neighbor_pairs
+
+from .conftest import random_structure, triclinic_cell
 
 
 def _pair_set(edge_index, shifts):

@@ -7,14 +7,15 @@ import pickle
 
 import pytest
 import torch
-from models import MODELS
 
 from molsamp.potentials import load_potential, save_potential
 
+from .models import MODELS
+
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_round_trip_gives_identical_energies(name, alanine, tmp_path):
-    z, x = alanine
+def test_round_trip_gives_identical_energies(name, alanine_structure, tmp_path):
+    z, x = alanine_structure
     model = MODELS[name]()
     model.atomic_energies.copy_(torch.tensor([-1.5, -3.0, -4.0, -5.0]))
     model.scale.fill_(2.5)
@@ -45,7 +46,7 @@ def test_pickled_code_is_refused(tmp_path):
         load_potential(raw)
 
 
-def test_tampered_files_are_refused(tmp_path, alanine):
+def test_tampered_files_are_refused(tmp_path, alanine_structure):
     model = MODELS["mace"]()
     path = save_potential(model, tmp_path / "model.pt")
     payload = torch.load(path, weights_only=True)
@@ -72,12 +73,12 @@ def test_tampered_files_are_refused(tmp_path, alanine):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_torch_export_matches_eager(name, alanine, tmp_path):
+def test_torch_export_matches_eager(name, alanine_structure, tmp_path):
     """torch.export works for both models (30–90 s each on 2 cores, hence slow)."""
     from molsamp.potentials.neighbors import edge_vectors, neighbor_pairs
     from molsamp.potentials.serialization import export_program
 
-    z, x = alanine
+    z, x = alanine_structure
     model = MODELS[name]()
     export_program(model, z, x, tmp_path / "model.pt2")
     program = torch.export.load(str(tmp_path / "model.pt2")).module()

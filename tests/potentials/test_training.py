@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
-from conftest import random_structure
-from models import MODELS
 
 from molsamp.potentials.datasets import AtomsDataset, Structure, alanine_dipeptide_md_dataset
 from molsamp.potentials.training import TrainingConfig, collate, evaluate, fit_statistics, train
 from molsamp.units import KJ_PER_MOL_PER_EV
+
+from .conftest import random_structure
+from .models import MODELS
 
 
 @pytest.fixture(scope="module")
