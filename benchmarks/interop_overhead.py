@@ -8,8 +8,8 @@ molsamp's ``simulate`` + ``LangevinBAOAB`` (engine="torch"), ASE's ``Langevin`` 
     OMP_NUM_THREADS=1 python benchmarks/interop_overhead.py [--n-cells 3] [--steps 200]
     python benchmarks/interop_overhead.py --potential mypackage.models:build_mace
 
-``--potential MODULE:FUNCTION`` names a function ``(System) -> Potential`` (e.g. a MACE model);
-the default ``lj`` is the fluid's own LennardJones.
+``--potential mace`` uses an untrained MACE of the default size; ``MODULE:FUNCTION`` names a
+function ``(System) -> Potential``; the default ``lj`` is the fluid's own LennardJones.
 """
 
 from __future__ import annotations
@@ -36,9 +36,20 @@ from molsamp.systems import lennard_jones_fluid
 from molsamp.units import angstrom_per_fs_from_nm_per_ps, fs_from_ps
 
 
+def mace_for(system: System) -> Potential:
+    """An untrained MACE of the issue's default size (64x0e+64x1o, ℓ ≤ 3, ν = 3, r_max 5 Å)."""
+    from molsamp.potentials import MACE
+
+    torch.manual_seed(0)
+    model = MACE(sorted(set(system.atomic_numbers.tolist())), r_max=0.5, dtype=torch.float64)
+    return model.bind(system.atomic_numbers)
+
+
 def load_potential(spec: str, system: System, reference: Potential) -> Potential:
     if spec == "lj":
         return reference
+    if spec == "mace":
+        return mace_for(system)
     module_name, _, function_name = spec.partition(":")
     if not function_name:
         raise SystemExit(f"--potential must be 'lj' or MODULE:FUNCTION, got {spec!r}")
@@ -90,9 +101,7 @@ def ase_route(potential, system: System, state: State, args) -> Callable[[int], 
 
 
 def openmm_route(potential, system: System, state: State, args) -> Callable[[int], None]:
-    integrator = openmm.LangevinMiddleIntegrator(
-        args.temperature, args.friction, args.timestep_fs / 1000.0
-    )
+    integrator = openmm.LangevinMiddleIntegrator(args.temperature, args.friction, args.timestep_fs / 1000.0)
     integrator.setRandomNumberSeed(1)
     topology = None if system.topology is None else system.topology.to_openmm()
     simulation = app.Simulation(
@@ -108,7 +117,7 @@ def openmm_route(potential, system: System, state: State, args) -> Callable[[int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--potential", default="lj", help="'lj' or MODULE:FUNCTION")
+    parser.add_argument("--potential", default="lj", help="'lj', 'mace' or MODULE:FUNCTION")
     parser.add_argument("--n-cells", type=int, default=3, help="fcc cells per side (4n³ atoms)")
     parser.add_argument("--steps", type=int, default=200, help="steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
@@ -120,7 +129,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     system, state, reference = lennard_jones_fluid(
-        n_cells=args.n_cells, temperature=args.temperature
+        n_cells=args.n_cells, temperature=args.temperature, cutoff_sigma=1.7 if args.n_cells < 3 else 2.5
     )
     potential = load_potential(args.potential, system, reference)
     print(

@@ -32,18 +32,51 @@ VENVS = {
     "mace": (
         Path("/tmp/venv-mace"),
         # mace-torch and what `mace.modules` / `mace.data` import; --no-deps keeps torch
-        ["mace-torch==0.3.16", "e3nn==0.4.4", "opt_einsum_fx", "torch-ema", "prettytable",
-         "matscipy", "configargparse", "python-hostlist", "lmdb", "orjson", "h5py",
-         "torchmetrics", "lightning-utilities", "GitPython", "gitdb", "smmap"],
+        [
+            "mace-torch==0.3.16",
+            "e3nn==0.4.4",
+            "opt_einsum_fx",
+            "torch-ema",
+            "prettytable",
+            "matscipy",
+            "configargparse",
+            "python-hostlist",
+            "lmdb",
+            "orjson",
+            "h5py",
+            "torchmetrics",
+            "lightning-utilities",
+            "GitPython",
+            "gitdb",
+            "smmap",
+        ],
     ),
     "torchmdnet": (
         Path("/tmp/venv-torchmdnet"),
-        ["torchmd-net==3.1.0", "warp-lang", "lightning-utilities", "torch_geometric",
-         "h5py", "fsspec", "aiohttp", "psutil", "pyparsing", "requests"],
+        [
+            "torchmd-net==3.1.0",
+            "warp-lang",
+            "lightning-utilities",
+            "torch_geometric",
+            "h5py",
+            "fsspec",
+            "aiohttp",
+            "psutil",
+            "pyparsing",
+            "requests",
+        ],
     ),
 }
-MACE_HYPER = dict(r_max_angstrom=5.0, num_bessel=8, p=5, max_ell=3, correlation=3,
-                  num_interactions=2, hidden="64x0e+64x1o", radial_mlp=[64, 64, 64])
+MACE_HYPER = dict(
+    r_max_angstrom=5.0,
+    num_bessel=8,
+    p=5,
+    max_ell=3,
+    correlation=3,
+    num_interactions=2,
+    hidden="64x0e+64x1o",
+    radial_mlp=[64, 64, 64],
+)
 TENSORNET_HYPER = dict(cutoff_angstrom=5.0, hidden=64, layers=2, num_rbf=32)
 
 
@@ -98,14 +131,28 @@ def work_molsamp(model_name: str, data: dict, repeats: int) -> dict:
     torch.manual_seed(0)
     if model_name == "mace":
         h = MACE_HYPER
-        model = MACE(elements, r_max=h["r_max_angstrom"] / 10, num_bessel=h["num_bessel"],
-                     num_polynomial_cutoff=h["p"], max_ell=h["max_ell"],
-                     correlation=h["correlation"], num_interactions=h["num_interactions"],
-                     hidden_irreps=h["hidden"], radial_mlp=h["radial_mlp"], skin=0.0)
+        model = MACE(
+            elements,
+            r_max=h["r_max_angstrom"] / 10,
+            num_bessel=h["num_bessel"],
+            num_polynomial_cutoff=h["p"],
+            max_ell=h["max_ell"],
+            correlation=h["correlation"],
+            num_interactions=h["num_interactions"],
+            hidden_irreps=h["hidden"],
+            radial_mlp=h["radial_mlp"],
+            skin=0.0,
+        )
     else:
         h = TENSORNET_HYPER
-        model = TensorNet(elements, r_max=h["cutoff_angstrom"] / 10, hidden_channels=h["hidden"],
-                          num_layers=h["layers"], num_radial=h["num_rbf"], skin=0.0)
+        model = TensorNet(
+            elements,
+            r_max=h["cutoff_angstrom"] / 10,
+            hidden_channels=h["hidden"],
+            num_layers=h["layers"],
+            num_radial=h["num_rbf"],
+            skin=0.0,
+        )
     model.bind(z)
     # the graph call alone (pairs given), like the anchors' timed calls, and the full call
     flat, batch = x[0], torch.zeros(len(z), dtype=torch.int64)
@@ -115,8 +162,7 @@ def work_molsamp(model_name: str, data: dict, repeats: int) -> dict:
     pairs = neighbor_pairs(flat, model.r_max, batch, 1, cells)
     graph = _time(lambda: model.predict(z, flat, batch, cells, pairs=pairs), repeats)
     full = _time(lambda: model.energy_and_forces(x, cell), repeats)
-    return {"seconds": graph, "seconds_with_neighbor_list": full,
-            "edges": int(pairs.edge_index.shape[1])}
+    return {"seconds": graph, "seconds_with_neighbor_list": full, "edges": int(pairs.edge_index.shape[1])}
 
 
 def work_mace(data: dict, repeats: int) -> dict:
@@ -132,27 +178,39 @@ def work_mace(data: dict, repeats: int) -> dict:
     table = utils.AtomicNumberTable(elements)
     cell = np.zeros((3, 3)) if data["cell"] is None else np.array(data["cell"])
     config = mace_data.Configuration(
-        atomic_numbers=np.array(data["numbers"]), positions=np.array(data["positions"]),
-        properties={}, property_weights={}, cell=cell, pbc=(data["cell"] is not None,) * 3,
+        atomic_numbers=np.array(data["numbers"]),
+        positions=np.array(data["positions"]),
+        properties={},
+        property_weights={},
+        cell=cell,
+        pbc=(data["cell"] is not None,) * 3,
     )
     atomic = mace_data.AtomicData.from_config(config, z_table=table, cutoff=h["r_max_angstrom"])
     batch = next(iter(torch_geometric.dataloader.DataLoader([atomic], batch_size=1)))
     edges = int(batch.edge_index.shape[1])
     torch.manual_seed(0)
     model = modules.ScaleShiftMACE(
-        r_max=h["r_max_angstrom"], num_bessel=h["num_bessel"], num_polynomial_cutoff=h["p"],
+        r_max=h["r_max_angstrom"],
+        num_bessel=h["num_bessel"],
+        num_polynomial_cutoff=h["p"],
         max_ell=h["max_ell"],
         interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
         interaction_cls_first=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
-        num_interactions=h["num_interactions"], num_elements=len(elements),
-        hidden_irreps=o3.Irreps(h["hidden"]), MLP_irreps=o3.Irreps("16x0e"),
-        atomic_energies=np.zeros(len(elements)), avg_num_neighbors=edges / len(data["numbers"]),
-        atomic_numbers=elements, correlation=h["correlation"], gate=torch.nn.functional.silu,
-        radial_MLP=h["radial_mlp"], atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+        num_interactions=h["num_interactions"],
+        num_elements=len(elements),
+        hidden_irreps=o3.Irreps(h["hidden"]),
+        MLP_irreps=o3.Irreps("16x0e"),
+        atomic_energies=np.zeros(len(elements)),
+        avg_num_neighbors=edges / len(data["numbers"]),
+        atomic_numbers=elements,
+        correlation=h["correlation"],
+        gate=torch.nn.functional.silu,
+        radial_MLP=h["radial_mlp"],
+        atomic_inter_scale=1.0,
+        atomic_inter_shift=0.0,
     ).float()
     inputs = batch.to_dict()
-    inputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
-              for k, v in inputs.items()}
+    inputs = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
     seconds = _time(lambda: model(inputs, training=False, compute_force=True), repeats)
     return {"seconds": seconds, "edges": edges}
 
@@ -167,9 +225,14 @@ def work_torchmdnet(data: dict, repeats: int) -> dict:
     box = None if data["cell"] is None else torch.tensor(data["cell"], dtype=torch.float32)
     torch.manual_seed(0)
     model = TMDTensorNet(
-        hidden_channels=h["hidden"], num_layers=h["layers"], num_rbf=h["num_rbf"],
-        cutoff_upper=h["cutoff_angstrom"], max_z=max(data["numbers"]) + 1,
-        max_num_neighbors=256, equivariance_invariance_group="O(3)", static_shapes=False,
+        hidden_channels=h["hidden"],
+        num_layers=h["layers"],
+        num_rbf=h["num_rbf"],
+        cutoff_upper=h["cutoff_angstrom"],
+        max_z=max(data["numbers"]) + 1,
+        max_num_neighbors=256,
+        equivariance_invariance_group="O(3)",
+        static_shapes=False,
         dtype=torch.float32,
     )
     head = torch.nn.Linear(h["hidden"], 1)
@@ -208,9 +271,11 @@ def ensure_venv(kind: str) -> Path:
     if marker.is_file():
         return python
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    site = Path(subprocess.check_output(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        text=True).strip())
+    site = Path(
+        subprocess.check_output(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
     # appended after the venv's own site-packages: the venv's pinned packages win
     (site / "zz_base_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", *packages], check=True)
@@ -218,12 +283,29 @@ def ensure_venv(kind: str) -> Path:
     return python
 
 
-def run_worker(python: Path, worker_name: str, system: str, data_path: Path, repeats: int,
-               model: str = "mace") -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT) if worker_name == "molsamp" else ""}
-    command = [str(python), __file__, "--worker", worker_name, "--system", system,
-               "--data", str(data_path), "--repeats", str(repeats), "--model", model]
+def run_worker(
+    python: Path, worker_name: str, system: str, data_path: Path, repeats: int, model: str = "mace"
+) -> dict:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": str(ROOT) if worker_name == "molsamp" else "",
+    }
+    command = [
+        str(python),
+        __file__,
+        "--worker",
+        worker_name,
+        "--system",
+        system,
+        "--data",
+        str(data_path),
+        "--repeats",
+        str(repeats),
+        "--model",
+        model,
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd="/tmp")
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
@@ -256,26 +338,33 @@ def main() -> None:
     results = {}
     for system in args.systems:
         row = {
-            "molsamp_mace": run_worker(Path(sys.executable), "molsamp", system, data_path,
-                                       args.repeats, "mace"),
-            "molsamp_tensornet": run_worker(Path(sys.executable), "molsamp", system, data_path,
-                                            args.repeats, "tensornet"),
+            "molsamp_mace": run_worker(
+                Path(sys.executable), "molsamp", system, data_path, args.repeats, "mace"
+            ),
+            "molsamp_tensornet": run_worker(
+                Path(sys.executable), "molsamp", system, data_path, args.repeats, "tensornet"
+            ),
         }
         if "mace" in anchors:
             row["mace_torch"] = run_worker(anchors["mace"], "mace", system, data_path, args.repeats)
         if "torchmdnet" in anchors:
-            row["torchmd_net"] = run_worker(anchors["torchmdnet"], "torchmdnet", system,
-                                            data_path, args.repeats)
+            row["torchmd_net"] = run_worker(
+                anchors["torchmdnet"], "torchmdnet", system, data_path, args.repeats
+            )
         results[system] = row
         print(f"\n{system}")
         for name, r in row.items():
             if "error" in r:
                 print(f"  {name:18s} failed: {r['error']}")
             else:
-                extra = (f" (with neighbour list {1e3 * r['seconds_with_neighbor_list']:.1f} ms)"
-                         if "seconds_with_neighbor_list" in r else "")
-                print(f"  {name:18s} {1e3 * r['seconds']:9.1f} ms  peak RSS "
-                      f"{r['peak_rss_mb']:7.0f} MB{extra}")
+                extra = (
+                    f" (with neighbour list {1e3 * r['seconds_with_neighbor_list']:.1f} ms)"
+                    if "seconds_with_neighbor_list" in r
+                    else ""
+                )
+                print(
+                    f"  {name:18s} {1e3 * r['seconds']:9.1f} ms  peak RSS {r['peak_rss_mb']:7.0f} MB{extra}"
+                )
         for ours, theirs in (("molsamp_mace", "mace_torch"), ("molsamp_tensornet", "torchmd_net")):
             if "seconds" in row.get(ours, {}) and "seconds" in row.get(theirs, {}):
                 print(f"  ratio {ours}/{theirs}: {row[ours]['seconds'] / row[theirs]['seconds']:.2f}")

@@ -49,15 +49,35 @@ TEMPERATURE = 300.0
 
 def small_mace(seed: int) -> MACE:
     torch.manual_seed(seed)
-    return MACE([1, 6, 7, 8], r_max=0.4, max_ell=2, correlation=3, hidden_irreps="16x0e+16x1o",
-                radial_mlp=(32, 32), dtype=DTYPE)
+    return MACE(
+        [1, 6, 7, 8],
+        r_max=0.4,
+        max_ell=2,
+        correlation=3,
+        hidden_irreps="16x0e+16x1o",
+        radial_mlp=(32, 32),
+        dtype=DTYPE,
+    )
 
 
-def fit(model: MACE, train_set: AtomsDataset, val_set: AtomsDataset, minutes: float, quiet: bool, seed: int = 0):
-    config = TrainingConfig(max_epochs=500, batch_size=8, lr=5e-3, ema_decay=0.995, scheduler_patience=3,
-                            patience=50, stage_two_fraction=0.85, stage_two_energy_weight=100.0,
-                            stage_two_lr_factor=0.3, max_time_s=60 * minutes, dtype=DTYPE, seed=seed,
-                            progress=not quiet)
+def fit(
+    model: MACE, train_set: AtomsDataset, val_set: AtomsDataset, minutes: float, quiet: bool, seed: int = 0
+):
+    config = TrainingConfig(
+        max_epochs=500,
+        batch_size=8,
+        lr=5e-3,
+        ema_decay=0.995,
+        scheduler_patience=3,
+        patience=50,
+        stage_two_fraction=0.85,
+        stage_two_energy_weight=100.0,
+        stage_two_lr_factor=0.3,
+        max_time_s=60 * minutes,
+        dtype=DTYPE,
+        seed=seed,
+        progress=not quiet,
+    )
     return train(model, train_set, val_set, config)
 
 
@@ -85,31 +105,46 @@ def uncertainty_report(name: str, models: list[MACE], val, test, ood, output: Pa
     def mean_sigma(forces):
         return forces.mean(0), (forces - forces.mean(0)).square().sum(-1).mean(0).sqrt()
 
-    (val_mean, val_sigma), (test_mean, test_sigma), (ood_mean, ood_sigma) = map(mean_sigma, (val_f, test_f, ood_f))
+    (val_mean, val_sigma), (test_mean, test_sigma), (ood_mean, ood_sigma) = map(
+        mean_sigma, (val_f, test_f, ood_f)
+    )
     factor = recalibration_factor(val_mean, val_ref, val_sigma)
-    raw, scaled = calibrate(test_mean, test_ref, test_sigma), calibrate(test_mean, test_ref, factor * test_sigma)
-    plot_calibration(scaled, output / f"calibration_{name}.png", title=f"{name}: test frames, σ × {factor:.2f}")
+    raw, scaled = (
+        calibrate(test_mean, test_ref, test_sigma),
+        calibrate(test_mean, test_ref, factor * test_sigma),
+    )
+    plot_calibration(
+        scaled, output / f"calibration_{name}.png", title=f"{name}: test frames, σ × {factor:.2f}"
+    )
     report.update(
         members=len(models),
         test_force_mae=float((test_mean - test_ref).abs().mean()),
-        coverage_68_raw=raw.coverage(0.68), coverage_95_raw=raw.coverage(0.95),
-        miscalibration_area_raw=raw.miscalibration_area, recalibration_factor=factor,
-        coverage_68=scaled.coverage(0.68), coverage_95=scaled.coverage(0.95),
+        coverage_68_raw=raw.coverage(0.68),
+        coverage_95_raw=raw.coverage(0.95),
+        miscalibration_area_raw=raw.miscalibration_area,
+        recalibration_factor=factor,
+        coverage_68=scaled.coverage(0.68),
+        coverage_95=scaled.coverage(0.95),
         miscalibration_area=scaled.miscalibration_area,
-        mean_sigma_test=float(test_sigma.mean()), mean_sigma_700K=float(ood_sigma.mean()),
+        mean_sigma_test=float(test_sigma.mean()),
+        mean_sigma_700K=float(ood_sigma.mean()),
         sigma_ratio_ood_over_test=float(ood_sigma.mean() / test_sigma.mean()),
         ood_force_mae=float((ood_mean - ood_ref).abs().mean()),
     )
     return report
 
 
-def phi_profiles(models: list[MACE], frames: np.ndarray, topology, amber_energies: np.ndarray, output: Path, name: str):
+def phi_profiles(
+    models: list[MACE], frames: np.ndarray, topology, amber_energies: np.ndarray, output: Path, name: str
+):
     """Amber φ profile reweighted to every member; the credible band against Amber itself."""
     from molsamp.potentials.datasets import Structure
 
     phi = np.degrees(mdtraj.compute_phi(mdtraj.Trajectory(frames, topology))[1][:, 0])
     z = torch.tensor([a.element.atomic_number for a in topology.atoms])
-    structures = [Structure(z, torch.from_numpy(x).double(), torch.tensor(0.0), torch.zeros(len(z), 3)) for x in frames]
+    structures = [
+        Structure(z, torch.from_numpy(x).double(), torch.tensor(0.0), torch.zeros(len(z), 3)) for x in frames
+    ]
     energies, _ = predictions(models, structures)
     log_w = -(energies.numpy() - amber_energies[None]) / kT(TEMPERATURE)
     log_w -= log_w.max(1, keepdims=True)
@@ -123,23 +158,38 @@ def phi_profiles(models: list[MACE], frames: np.ndarray, topology, amber_energie
         p, _ = np.histogram(phi, bins=edges, weights=w)
         with np.errstate(divide="ignore"):
             f = -kT(TEMPERATURE) * np.log(p / p.sum())
-        return f - np.min(f[np.isfinite(f)])
+        f[~np.isfinite(f)] = np.nan  # empty bins
+        return f - np.nanmin(f)
 
     reference = profile(np.full(len(phi), 1.0 / len(phi)))
     interval = credible_interval([profile(w) for w in weights], level=0.95)
-    populated = np.isfinite(reference) & (reference < 15.0) & np.all(np.isfinite(interval.values), 0)
-    plot_credible_band(centers[populated], _subset(interval, populated), output / f"phi_profile_{name}.png",
-                       reference=reference[populated], xlabel="φ (degrees)", ylabel="free energy (kJ/mol)",
-                       title=f"{name}: φ profile, 95 % credible band vs Amber")
+    populated = (reference < 15.0) & np.all(np.isfinite(interval.values), 0)
+    plot_credible_band(
+        centers[populated],
+        _subset(interval, populated),
+        output / f"phi_profile_{name}.png",
+        reference=reference[populated],
+        xlabel="φ (degrees)",
+        ylabel="free energy (kJ/mol)",
+        title=f"{name}: φ profile, 95 % credible band vs Amber",
+    )
     inside = interval.contains(reference)[populated]
-    return {"kish_ess_fraction_per_member": kish.round(3).tolist(), "phi_bins": int(populated.sum()),
-            "phi_bins_inside_band": int(inside.sum()),
-            "band_width_mean_kj_per_mol": float((interval.upper - interval.lower)[populated].mean())}
+    return {
+        "kish_ess_fraction_per_member": kish.round(3).tolist(),
+        "phi_bins": int(populated.sum()),
+        "phi_bins_inside_band": int(inside.sum()),
+        "band_width_mean_kj_per_mol": float((interval.upper - interval.lower)[populated].mean()),
+    }
 
 
 def _subset(interval, mask):
-    return type(interval)(interval.values[:, mask], interval.level, interval.lower[mask], interval.upper[mask],
-                          interval.median[mask])
+    return type(interval)(
+        interval.values[:, mask],
+        interval.level,
+        interval.lower[mask],
+        interval.upper[mask],
+        interval.median[mask],
+    )
 
 
 def reference_md(n_frames: int, seed: int, temperature: float = TEMPERATURE):
@@ -151,8 +201,13 @@ def reference_md(n_frames: int, seed: int, temperature: float = TEMPERATURE):
     state = simulate(langevin, state, 10_000, progress=False)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "reference.dcd"
-        simulate(langevin, state, 500 * n_frames, reporters=[TrajectoryReporter(path, 500, system.topology)],
-                 progress=False)
+        simulate(
+            langevin,
+            state,
+            500 * n_frames,
+            reporters=[TrajectoryReporter(path, 500, system.topology)],
+            progress=False,
+        )
         frames = mdtraj.load(str(path), top=system.topology).xyz.astype(np.float64)
     energies = amber.energy(torch.from_numpy(frames)).numpy()
     return frames, energies, system.topology
@@ -163,7 +218,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=1500, help="training + validation frames")
     parser.add_argument("--test-frames", type=int, default=300)
     parser.add_argument("--map-minutes", type=float, default=5.0)
-    parser.add_argument("--chains", type=int, default=2, help="chains in one process (torchrun: one per rank)")
+    parser.add_argument(
+        "--chains", type=int, default=2, help="chains in one process (torchrun: one per rank)"
+    )
     parser.add_argument("--samples-per-chain", type=int, default=4)
     parser.add_argument("--cycle-steps", type=int, default=150)
     parser.add_argument("--lr", type=float, default=1e-3, help="pSGLD step size (RMSprop-like)")
@@ -190,7 +247,9 @@ def main() -> None:
     if rank == 0:
         result = fit(map_model, train_set, val_set, args.map_minutes, args.quiet)
         report["map"] = {"seconds": result.seconds, "epochs": result.epochs, **result.best_metrics}
-        print(f"MAP: force MAE {result.best_metrics['forces_mae']:.2f} kJ/mol/nm in {result.seconds / 60:.1f} min")
+        print(
+            f"MAP: force MAE {result.best_metrics['forces_mae']:.2f} kJ/mol/nm in {result.seconds / 60:.1f} min"
+        )
     if world > 1:
         shared = [map_model.state_dict() if rank == 0 else None]
         dist.broadcast_object_list(shared, src=0)
@@ -199,17 +258,32 @@ def main() -> None:
 
     val_metrics = evaluate(map_model, batches_of(val_set.structures, 32, map_model, DTYPE))
     nll = energy_force_negative_log_likelihood(
-        energy_noise=max(val_metrics["energy_rmse_per_atom"] * 22, 0.1), force_noise=val_metrics["forces_rmse"]
+        energy_noise=max(val_metrics["energy_rmse_per_atom"] * 22, 0.1),
+        force_noise=val_metrics["forces_rmse"],
     )
     train_batches = batches_of(train_set.structures, 16, map_model, DTYPE)
 
     def chain(index: int) -> list[dict]:
         model = copy.deepcopy(map_model)
-        schedule = CyclicalSchedule(args.lr, args.samples_per_chain * args.cycle_steps, args.samples_per_chain)
-        sampler = PreconditionedSGLD(model, nll, len(train_set), prior_std=1.0, step_size=schedule,
-                                     temperature=args.posterior_temperature, generator=1000 + index)
-        return sampler.sample(train_batches, args.samples_per_chain * args.cycle_steps,
-                              burn_in=args.cycle_steps - 1, thin=args.cycle_steps, progress=not args.quiet)
+        schedule = CyclicalSchedule(
+            args.lr, args.samples_per_chain * args.cycle_steps, args.samples_per_chain
+        )
+        sampler = PreconditionedSGLD(
+            model,
+            nll,
+            len(train_set),
+            prior_std=1.0,
+            step_size=schedule,
+            temperature=args.posterior_temperature,
+            generator=1000 + index,
+        )
+        return sampler.sample(
+            train_batches,
+            args.samples_per_chain * args.cycle_steps,
+            burn_in=args.cycle_steps - 1,
+            thin=args.cycle_steps,
+            progress=not args.quiet,
+        )
 
     start = time.perf_counter()
     chains = [rank] if world > 1 else range(args.chains)
@@ -217,8 +291,11 @@ def main() -> None:
     sgmcmc_seconds = time.perf_counter() - start
     if rank != 0:
         return
-    report["sgmcmc"] = {"chains": max(world, args.chains) if world == 1 else world, "samples": len(samples),
-                        "seconds_per_rank": sgmcmc_seconds}
+    report["sgmcmc"] = {
+        "chains": max(world, args.chains) if world == 1 else world,
+        "samples": len(samples),
+        "seconds_per_rank": sgmcmc_seconds,
+    }
     posterior = []
     for state in samples:
         member = copy.deepcopy(map_model)
@@ -238,10 +315,12 @@ def main() -> None:
         report[name].update(uncertainty_report(name, models, val_set, test, ood, args.output))
         report[name].update(phi_profiles(models, frames, topology, amber_energies, args.output, name))
         r = report[name]
-        print(f"{name}: test force MAE {r['test_force_mae']:.2f}; coverage 68/95 % raw "
-              f"{r['coverage_68_raw']:.2f}/{r['coverage_95_raw']:.2f}, scaled ×{r['recalibration_factor']:.2f} "
-              f"{r['coverage_68']:.2f}/{r['coverage_95']:.2f}; σ(700 K)/σ(300 K) {r['sigma_ratio_ood_over_test']:.2f}; "
-              f"φ bins inside the band {r['phi_bins_inside_band']}/{r['phi_bins']}")
+        print(
+            f"{name}: test force MAE {r['test_force_mae']:.2f}; coverage 68/95 % raw "
+            f"{r['coverage_68_raw']:.2f}/{r['coverage_95_raw']:.2f}, scaled ×{r['recalibration_factor']:.2f} "
+            f"{r['coverage_68']:.2f}/{r['coverage_95']:.2f}; σ(700 K)/σ(300 K) {r['sigma_ratio_ood_over_test']:.2f}; "
+            f"φ bins inside the band {r['phi_bins_inside_band']}/{r['phi_bins']}"
+        )
     (args.output / "report.json").write_text(json.dumps(report, indent=2))
     print(f"report: {args.output / 'report.json'}")
 

@@ -58,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from molsamp.potentials import train_command
 
-    training = commands.add_parser(
-        "train", help="train a MACE or TensorNet potential on energies and forces"
-    )
+    training = commands.add_parser("train", help="train a MACE or TensorNet potential on energies and forces")
     train_command.add_arguments(training)
     return parser
 

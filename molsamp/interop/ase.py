@@ -147,12 +147,16 @@ class MolsampCalculator(Calculator):
                 f"{name} is periodic in all three directions but atoms.pbc is {pbc}; set "
                 "atoms.pbc = True and atoms.cell to the box in Å"
             )
-        if not self.potential.requires_cell and any(pbc):
+        if not self.potential.uses_cell and any(pbc):
             raise ValueError(
                 f"atoms.pbc is {pbc} but {name} is not periodic and would ignore the cell; set "
                 "atoms.pbc = False, or use a periodic potential"
             )
-        if not self.potential.requires_cell:
+        if any(pbc) and not all(pbc):
+            raise ValueError(
+                f"atoms.pbc is {pbc}: partly periodic systems are not supported; set all or none"
+            )
+        if not any(pbc):
             return None
         return torch.as_tensor(
             nm_from_angstrom(np.asarray(atoms.cell[:])), dtype=self.dtype, device=self.device

@@ -102,6 +102,7 @@ def openmm_force(
     *,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float64,
+    periodic: bool | None = None,
 ) -> openmm.PythonForce:
     """An OpenMM force whose energy and forces come from a molsamp potential.
 
@@ -113,6 +114,8 @@ def openmm_force(
     particles : indices of the atoms the potential describes (ML/MM); the potential sees
         only their positions, in this order, and forces go only to them. ``None``: all atoms.
     device, dtype : where and in what precision positions are handed to the potential
+    periodic : pass OpenMM's box to the potential; defaults to ``potential.requires_cell``
+        (set it for potentials that accept a cell but do not require one, e.g. MACE)
 
     Returns
     -------
@@ -122,7 +125,9 @@ def openmm_force(
     if not isinstance(potential, Potential):
         raise TypeError(f"potential must be a molsamp Potential, got {type(potential).__name__}")
     indices = _check_particles(particles, potential)
-    periodic = bool(potential.requires_cell)
+    periodic = bool(potential.requires_cell) if periodic is None else bool(periodic)
+    if periodic and not potential.uses_cell:
+        raise ValueError(f"periodic=True but {type(potential).__name__} does not use a cell")
     computation = _PotentialComputation(potential, periodic, torch.device(device), dtype)
     force = openmm.PythonForce(computation)
     force.setUsesPeriodicBoundaryConditions(periodic)
@@ -175,7 +180,8 @@ def openmm_system_from(
         omm.addParticle(mass)
     if system.periodic:
         omm.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) for row in system.cell.tolist()))
-    omm.addForce(openmm_force(potential, particles, device=device, dtype=dtype))
+    periodic = system.periodic and potential.uses_cell
+    omm.addForce(openmm_force(potential, particles, device=device, dtype=dtype, periodic=periodic))
     return omm
 
 

@@ -16,10 +16,19 @@ class Potential(torch.nn.Module):
     ----------
     n_atoms : number of atoms the potential is defined for, or ``None`` for any.
     requires_cell : whether a periodic cell must be given.
+    accepts_cell : whether a cell, when given, is used (periodic images); implied by
+        ``requires_cell``. Graph networks accept a cell or none.
     """
 
     n_atoms: int | None = None
     requires_cell: bool = False
+    accepts_cell: bool = False
+    __jit_unused_properties__ = ["uses_cell"]  # Python-side only (TorchForce export scripts the module)
+
+    @property
+    def uses_cell(self) -> bool:
+        """True when the potential reads a cell passed to it."""
+        return self.requires_cell or self.accepts_cell
 
     def energy(self, positions: torch.Tensor, cell: torch.Tensor | None = None) -> torch.Tensor:
         """Potential energy, differentiable w.r.t. positions.

@@ -132,9 +132,7 @@ class AtomsDataset(torch.utils.data.Dataset):
                     torch.tensor(atoms.numbers, dtype=torch.int64),
                     torch.tensor(nm_from_angstrom(atoms.positions), dtype=torch.float64),
                     torch.tensor(kj_per_mol_from_ev(float(energy)), dtype=torch.float64),
-                    torch.tensor(
-                        kj_per_mol_nm_from_ev_per_angstrom(np.asarray(forces)), dtype=torch.float64
-                    ),
+                    torch.tensor(kj_per_mol_nm_from_ev_per_angstrom(np.asarray(forces)), dtype=torch.float64),
                     cell,
                     stress,
                 )

@@ -32,6 +32,7 @@ class EnsemblePotential(Potential):
         first = members[0]
         self.n_atoms = first.n_atoms
         self.requires_cell = first.requires_cell
+        self.accepts_cell = first.accepts_cell
         if hasattr(first, "supported_atomic_numbers"):
             self.supported_atomic_numbers = first.supported_atomic_numbers
         same_architecture = all(

@@ -29,6 +29,9 @@ _W3J_BUFFER = re.compile(r"_w3j_(\d+)_(\d+)_(\d+)$")  # e3nn tensor-product cons
 class GraphPotential(Potential):
     """Shared machinery of MACE and TensorNet; subclasses implement ``_atom_energies``.
 
+    Periodic or not: a cell passed to ``energy`` is used (``accepts_cell``), None means an
+    isolated structure.
+
     Parameters
     ----------
     elements : atomic numbers the model knows (its ``supported_atomic_numbers``)
@@ -41,6 +44,8 @@ class GraphPotential(Potential):
     scale, shift : kJ/mol, applied to the per-atom outputs
     avg_num_neighbors : messages are divided by it (set from data before training)
     """
+
+    accepts_cell = True
 
     def __init__(self, elements: Sequence[int], r_max: float, skin: float = 0.05):
         super().__init__()

@@ -104,9 +104,7 @@ def neighbor_pairs(
     if backend not in ("auto", "vesin", "torch"):
         raise ValueError(f"backend must be 'auto', 'vesin' or 'torch', got {backend!r}")
     if cell is not None and tuple(cell.shape) != (n_structures, 3, 3):
-        raise ValueError(
-            f"cell must have shape (S, 3, 3) = ({n_structures}, 3, 3), got {tuple(cell.shape)}"
-        )
+        raise ValueError(f"cell must have shape (S, 3, 3) = ({n_structures}, 3, 3), got {tuple(cell.shape)}")
     use_vesin = backend == "vesin" or (
         backend == "auto" and _vesin is not None and positions.device.type == "cpu"
     )
@@ -161,9 +159,7 @@ def _torch_pairs(x, cutoff, box, pbc):
         wrapped = x - floor @ box
         # plane spacing along box vector k is 1 / |column k of inv(box)|
         spacing = 1.0 / torch.linalg.norm(inverse, dim=0)
-        reach = [
-            math.ceil(cutoff / float(d)) if p else 0 for d, p in zip(spacing, pbc, strict=True)
-        ]
+        reach = [math.ceil(cutoff / float(d)) if p else 0 for d, p in zip(spacing, pbc, strict=True)]
         ranges = [torch.arange(-r, r + 1, device=device, dtype=x.dtype) for r in reach]
         images = torch.cartesian_prod(*ranges)
     image_vectors = images @ box if box is not None and any(pbc) else images

@@ -101,9 +101,7 @@ class _AtomEnergies(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(
-        self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         m = self.model
         outputs = m._atom_energies(species, edge_index, vectors)
         return m.atomic_energies[species] + m.shift + m.scale * outputs

@@ -130,17 +130,13 @@ class SymmetricContraction(torch.nn.Module):
     (M, channels, irreps_out.dim).
     """
 
-    def __init__(
-        self, irreps_in: str, irreps_out: str, channels: int, n_elements: int, correlation: int
-    ):
+    def __init__(self, irreps_in: str, irreps_out: str, channels: int, n_elements: int, correlation: int):
         super().__init__()
         if correlation < 1:
             raise ValueError(f"correlation must be >= 1, got {correlation}")
         self.irreps_in = o3.Irreps(irreps_in)
         self.irreps_out = o3.Irreps(irreps_out)
-        if any(mul != 1 for mul, _ in self.irreps_in) or any(
-            mul != 1 for mul, _ in self.irreps_out
-        ):
+        if any(mul != 1 for mul, _ in self.irreps_in) or any(mul != 1 for mul, _ in self.irreps_out):
             raise ValueError(
                 f"irreps_in {irreps_in} and irreps_out {irreps_out} must hold each irrep once; "
                 "channels are given separately"
@@ -200,8 +196,7 @@ class SymmetricContraction(torch.nn.Module):
 def channel_layout(x: torch.Tensor, irreps: o3.Irreps, channels: int) -> torch.Tensor:
     """e3nn layout (M, Σ mul·dim) with every mul == channels → (M, channels, Σ dim)."""
     blocks = [
-        x[:, sl].reshape(-1, channels, ir.dim)
-        for (mul, ir), sl in zip(irreps, irreps.slices(), strict=True)
+        x[:, sl].reshape(-1, channels, ir.dim) for (mul, ir), sl in zip(irreps, irreps.slices(), strict=True)
     ]
     return torch.cat(blocks, dim=-1)
 

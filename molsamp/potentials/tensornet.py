@@ -86,9 +86,7 @@ class TensorNetLayer(torch.nn.Module):
         m = scatter_sum(per_edge, receiver, x.shape[0])
         iso, anti, sym = decompose(y @ m + m @ y)
         scale = (squared_norm(iso + anti + sym) + 1.0)[..., None, None]
-        iso, anti, sym = (
-            mix(p / scale) for mix, p in zip(self.mix_out, (iso, anti, sym), strict=True)
-        )
+        iso, anti, sym = (mix(p / scale) for mix, p in zip(self.mix_out, (iso, anti, sym), strict=True))
         dx = iso + anti + sym
         return x + dx + dx @ dx
 
@@ -125,8 +123,7 @@ class TensorNet(GraphPotential):
         super().__init__(elements, r_max, skin)
         if hidden_channels < 1 or num_layers < 0:
             raise ValueError(
-                f"hidden_channels must be >= 1 and num_layers >= 0, got "
-                f"{hidden_channels} and {num_layers}"
+                f"hidden_channels must be >= 1 and num_layers >= 0, got {hidden_channels} and {num_layers}"
             )
         self._hyper = {
             "elements": list(self.elements),

@@ -80,9 +80,7 @@ class TrainingConfig:
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.scheduler not in ("plateau", "cosine", "constant"):
-            raise ValueError(
-                f"scheduler must be 'plateau', 'cosine' or 'constant', got {self.scheduler!r}"
-            )
+            raise ValueError(f"scheduler must be 'plateau', 'cosine' or 'constant', got {self.scheduler!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.dtype not in (torch.float32, torch.float64):
@@ -145,10 +143,7 @@ def fit_statistics(
     if missing:
         raise ValueError(f"dataset has elements {sorted(missing)} the model lacks ({elements})")
     counts = torch.stack(
-        [
-            torch.bincount(model.species(s.atomic_numbers).cpu(), minlength=len(elements))
-            for s in dataset
-        ]
+        [torch.bincount(model.species(s.atomic_numbers).cpu(), minlength=len(elements)) for s in dataset]
     ).double()
     energies = torch.stack([s.energy for s in dataset]).double()
     if atomic_energies is not None:
@@ -197,9 +192,7 @@ def _loss(out: dict, batch: Batch, weights: tuple[float, float, float]) -> torch
     return loss
 
 
-def evaluate(
-    model: GraphPotential, batches: list[Batch], weights=(1.0, 1.0, 0.0)
-) -> dict[str, float]:
+def evaluate(model: GraphPotential, batches: list[Batch], weights=(1.0, 1.0, 0.0)) -> dict[str, float]:
     """Loss and errors over ``batches``: energy per atom (kJ/mol), forces (kJ/mol/nm, per
     component), stress (kJ/mol/nm³), plus the mean force magnitude and the relative force MAE."""
     sums = {"loss": 0.0, "e_abs": 0.0, "e_sq": 0.0, "f_abs": 0.0, "f_sq": 0.0, "f_norm": 0.0}
@@ -347,20 +340,14 @@ def train(
         else:
             stale += 1
         bar.update(1)
-        bar.set_postfix(
-            F_mae=f"{metrics['forces_mae']:.2f}", E_mae=f"{metrics['energy_mae_per_atom']:.3f}"
-        )
+        bar.set_postfix(F_mae=f"{metrics['forces_mae']:.2f}", E_mae=f"{metrics['energy_mae_per_atom']:.3f}")
         if stale >= config.patience or metrics["seconds"] > config.max_time_s:
             break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
-    settings = {
-        k: str(v) if not isinstance(v, int | float | bool) else v for k, v in asdict(config).items()
-    }
-    return TrainingResult(
-        model, best_metrics, history, epoch, time.perf_counter() - start, settings
-    )
+    settings = {k: str(v) if not isinstance(v, int | float | bool) else v for k, v in asdict(config).items()}
+    return TrainingResult(model, best_metrics, history, epoch, time.perf_counter() - start, settings)
 
 
 def _scheduler(optimizer, config: TrainingConfig):

@@ -25,7 +25,12 @@ def energy_force_negative_log_likelihood(
 
     def negative_log_likelihood(model: GraphPotential, batch: Batch) -> tuple[torch.Tensor, int]:
         out = model.predict(
-            batch.atomic_numbers, batch.positions, batch.batch, batch.cell, create_graph=True, pairs=batch.pairs
+            batch.atomic_numbers,
+            batch.positions,
+            batch.batch,
+            batch.cell,
+            create_graph=True,
+            pairs=batch.pairs,
         )
         energy_term = (out["energy"] - batch.energy).square().sum() / (2 * energy_noise**2)
         force_term = (out["forces"] - batch.forces).square().sum() / (2 * force_noise**2)
@@ -36,4 +41,6 @@ def energy_force_negative_log_likelihood(
 
 def batches_of(structures, size: int, model: GraphPotential, dtype: torch.dtype, device="cpu") -> list[Batch]:
     """Collate ``structures`` into batches of ``size`` with the model's cutoff."""
-    return [collate(structures[k : k + size], model.r_max, dtype, device) for k in range(0, len(structures), size)]
+    return [
+        collate(structures[k : k + size], model.r_max, dtype, device) for k in range(0, len(structures), size)
+    ]

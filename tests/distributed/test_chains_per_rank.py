@@ -13,7 +13,9 @@ N_DATA = 200
 def _chain(rank: int) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(N_DATA, 2, generator=generator, dtype=torch.float64)
-    y = x @ torch.tensor([0.5, -1.0], dtype=torch.float64) + 0.3 * torch.randn(N_DATA, generator=generator, dtype=torch.float64)
+    y = x @ torch.tensor([0.5, -1.0], dtype=torch.float64) + 0.3 * torch.randn(
+        N_DATA, generator=generator, dtype=torch.float64
+    )
     model = torch.nn.Module()
     model.weights = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
 

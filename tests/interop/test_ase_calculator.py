@@ -21,6 +21,7 @@ from molsamp.potentials import LennardJones, OpenMMPotential
 from molsamp.systems import alanine_dipeptide, lennard_jones_fluid
 from molsamp.systems.toy import ARGON_EPSILON, ARGON_SIGMA
 from molsamp.testing import effective_sample_size, mean_and_standard_error
+from molsamp.units import ev_from_kj_per_mol
 
 EV_PER_KJ_PER_MOL = units.kJ / units.mol  # ASE's own constants, independent of molsamp.units
 LJ13_MINIMUM_ENERGY = -44.326801  # ε, global minimum of the 13-atom LJ cluster (icosahedron)
@@ -285,3 +286,31 @@ def test_system_ase_round_trip():
             torch.testing.assert_close(back.cell, system.cell)
     with pytest.raises(ValueError, match=r"state.positions\[0\]"):
         system.to_ase(torch.zeros(1, system.n_atoms, 3))
+
+
+def test_graph_network_serves_periodic_and_isolated_atoms():
+    """MACE accepts a cell or none: the calculator passes the box only for periodic Atoms."""
+    from molsamp.potentials import MACE
+
+    torch.manual_seed(0)
+    model = MACE(
+        [18],
+        r_max=0.5,
+        max_ell=1,
+        correlation=2,
+        hidden_irreps="4x0e+4x1o",
+        radial_mlp=(8,),
+        dtype=torch.float64,
+    )
+    system, positions, _ = lj_fluid_atoms()
+    model.bind(system.atomic_numbers)
+    for periodic in (True, False):
+        atoms = system.to_ase(positions)
+        atoms.pbc = periodic
+        atoms.calc = MolsampCalculator(model)
+        cell = system.cell if periodic else None
+        expected = model.energy(positions[None], cell).item()
+        assert atoms.get_potential_energy() == pytest.approx(ev_from_kj_per_mol(expected), rel=1e-10)
+    assert model.energy(positions[None], system.cell).item() != pytest.approx(
+        model.energy(positions[None]).item()
+    )

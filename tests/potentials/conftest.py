@@ -21,9 +21,7 @@ def random_rotation(generator: torch.Generator, reflect: bool = False) -> torch.
 
 def triclinic_cell() -> torch.Tensor:
     """A skewed cell (nm, rows are box vectors) smaller than twice a 0.4 nm cutoff."""
-    return torch.tensor(
-        [[0.62, 0.0, 0.0], [0.17, 0.58, 0.0], [-0.11, 0.13, 0.66]], dtype=torch.float64
-    )
+    return torch.tensor([[0.62, 0.0, 0.0], [0.17, 0.58, 0.0], [-0.11, 0.13, 0.66]], dtype=torch.float64)
 
 
 def random_structure(n: int, box: float, seed: int, min_distance: float = 0.09):

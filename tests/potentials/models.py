@@ -21,9 +21,7 @@ def small_mace(elements=(1, 6, 7, 8), r_max=0.4, seed=0) -> MACE:
 
 def small_tensornet(elements=(1, 6, 7, 8), r_max=0.4, seed=0) -> TensorNet:
     torch.manual_seed(seed)
-    return TensorNet(
-        elements, r_max=r_max, hidden_channels=8, readout_hidden=16, dtype=torch.float64
-    )
+    return TensorNet(elements, r_max=r_max, hidden_channels=8, readout_hidden=16, dtype=torch.float64)
 
 
 MODELS = {"mace": small_mace, "tensornet": small_tensornet}

@@ -56,9 +56,7 @@ def test_permutation_of_same_element_atoms(name, alanine_structure):
     z, x = alanine_structure
     hydrogens = torch.nonzero(z == 1).flatten()
     perm = torch.arange(len(z))
-    perm[hydrogens] = hydrogens[
-        torch.randperm(len(hydrogens), generator=torch.Generator().manual_seed(3))
-    ]
+    perm[hydrogens] = hydrogens[torch.randperm(len(hydrogens), generator=torch.Generator().manual_seed(3))]
     model = MODELS[name]()
     e1, f1 = model.bind(z).energy_and_forces(x[None])
     e2, f2 = model.bind(z[perm]).energy_and_forces(x[perm][None])

@@ -32,9 +32,7 @@ def test_pairs_match_ase_for_unwrapped_triclinic(backend, pbc):
     x = random_structure(12, 0.6, seed=1)
     x = x + torch.tensor([1.3, -2.1, 0.7], dtype=torch.float64)  # far outside the box
     cutoff = 0.45  # longer than half of every box vector: several images
-    pairs = neighbor_pairs(
-        x, cutoff, torch.zeros(12, dtype=torch.int64), 1, cell[None], pbc, backend=backend
-    )
+    pairs = neighbor_pairs(x, cutoff, torch.zeros(12, dtype=torch.int64), 1, cell[None], pbc, backend=backend)
     got = _pair_set(pairs.edge_index, pairs.shifts)
     assert got == _ase_pairs(x, cell if any(pbc) else None, pbc, cutoff)
     assert len(got) == pairs.edge_index.shape[1]  # no duplicates
@@ -46,15 +44,11 @@ def test_batch_of_structures_has_offset_indices_and_own_cells(backend):
     cell_b = 1.3 * torch.eye(3, dtype=torch.float64)
     xa, xb = random_structure(7, 0.6, seed=2), random_structure(9, 1.3, seed=3)
     batch = torch.tensor([0] * 7 + [1] * 9)
-    pairs = neighbor_pairs(
-        torch.cat([xa, xb]), 0.4, batch, 2, torch.stack([cell_a, cell_b]), backend=backend
-    )
+    pairs = neighbor_pairs(torch.cat([xa, xb]), 0.4, batch, 2, torch.stack([cell_a, cell_b]), backend=backend)
     i, _ = pairs.edge_index
     in_a = i < 7
     pbc = (True,) * 3
-    assert _pair_set(pairs.edge_index[:, in_a], pairs.shifts[in_a]) == _ase_pairs(
-        xa, cell_a, pbc, 0.4
-    )
+    assert _pair_set(pairs.edge_index[:, in_a], pairs.shifts[in_a]) == _ase_pairs(xa, cell_a, pbc, 0.4)
     shifted = pairs.edge_index[:, ~in_a] - 7
     assert _pair_set(shifted, pairs.shifts[~in_a]) == _ase_pairs(xb, cell_b, pbc, 0.4)
 

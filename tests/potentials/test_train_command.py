@@ -19,9 +19,7 @@ def test_train_command_writes_a_loadable_model(tmp_path):
     for _ in range(6):
         atoms = ase.Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
         atoms.positions += 0.05 * rng.normal(size=(3, 3))
-        atoms.calc = SinglePointCalculator(
-            atoms, energy=float(rng.normal()), forces=rng.normal(size=(3, 3))
-        )
+        atoms.calc = SinglePointCalculator(atoms, energy=float(rng.normal()), forces=rng.normal(size=(3, 3)))
         frames.append(atoms)
     ase.io.write(tmp_path / "water.extxyz", frames, format="extxyz")
     output = tmp_path / "model.pt"

@@ -41,4 +41,6 @@ def test_recalibration_factor_restores_coverage():
     factor = recalibration_factor(predicted, reference, sigma)
     assert factor == pytest.approx(2.0, rel=0.03)
     test_predicted, test_reference, test_sigma = _synthetic(0.5, seed=2)  # fitted on other data
-    assert calibrate(test_predicted, test_reference, factor * test_sigma).coverage(0.68) == pytest.approx(0.68, abs=0.02)
+    assert calibrate(test_predicted, test_reference, factor * test_sigma).coverage(0.68) == pytest.approx(
+        0.68, abs=0.02
+    )
