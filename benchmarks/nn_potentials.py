@@ -34,7 +34,8 @@ VENVS = {
         # mace-torch and what `mace.modules` / `mace.data` import; --no-deps keeps torch
         ["mace-torch==0.3.16", "e3nn==0.4.4", "opt_einsum_fx", "torch-ema", "prettytable",
          "matscipy", "configargparse", "python-hostlist", "lmdb", "orjson", "h5py",
-         "torchmetrics", "lightning-utilities", "GitPython", "gitdb", "smmap"],
+         "torchmetrics", "lightning-utilities", "GitPython", "gitdb", "smmap", "pandas",
+         "pytz", "tzdata"],
     ),
     "torchmdnet": (
         Path("/tmp/venv-torchmdnet"),
@@ -122,10 +123,11 @@ def work_molsamp(model_name: str, data: dict, repeats: int) -> dict:
 def work_mace(data: dict, repeats: int) -> dict:
     import numpy as np
     import torch
-    from e3nn import o3
-    from mace import data as mace_data
+    from mace import data as mace_data  # before e3nn: e3nn 0.4.4 alone fails on torch >= 2.6
     from mace import modules
     from mace.tools import torch_geometric, utils
+
+    from e3nn import o3  # noqa: I001 (order matters, see above)
 
     h = MACE_HYPER
     elements = sorted(set(data["numbers"]))
