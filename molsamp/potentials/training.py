@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from molsamp.potentials.datasets import AtomsDataset, Structure
 from molsamp.potentials.graph import GraphPotential
-from molsamp.potentials.neighbors import neighbor_pairs
+from molsamp.potentials.neighbors import PairList, neighbor_pairs
 from molsamp.potentials.serialization import save_potential
 
 
@@ -101,7 +101,7 @@ class Batch:
     forces: torch.Tensor
     cell: torch.Tensor | None
     stress: torch.Tensor | None
-    pairs: object = field(default=None)
+    pairs: PairList | None = None
 
 
 def collate(
