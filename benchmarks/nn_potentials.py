@@ -121,13 +121,13 @@ def work_molsamp(model_name: str, data: dict, repeats: int) -> dict:
 
 
 def work_mace(data: dict, repeats: int) -> dict:
-    import numpy as np
+    # mace before e3nn: importing e3nn 0.4.4 first fails on torch >= 2.6 (weights-only load)
+    import numpy as np  # noqa: I001
     import torch
-    from mace import data as mace_data  # before e3nn: e3nn 0.4.4 alone fails on torch >= 2.6
+    from mace import data as mace_data
     from mace import modules
     from mace.tools import torch_geometric, utils
-
-    from e3nn import o3  # noqa: I001 (order matters, see above)
+    from e3nn import o3
 
     h = MACE_HYPER
     elements = sorted(set(data["numbers"]))
