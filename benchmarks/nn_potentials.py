@@ -246,7 +246,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    data_path = Path("/tmp/molsamp-benchmark-systems.json")
+    import tempfile
+
+    data_path = Path(tempfile.mkdtemp(prefix="molsamp-bench-")) / "systems.json"
     data_path.write_text(json.dumps(systems()))
     anchors = {}
     if not args.skip_anchors:
