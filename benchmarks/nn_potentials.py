@@ -49,6 +49,9 @@ VENVS = {
             "GitPython",
             "gitdb",
             "smmap",
+            "pandas",
+            "pytz",
+            "tzdata",
         ],
     ),
     "torchmdnet": (
@@ -166,12 +169,13 @@ def work_molsamp(model_name: str, data: dict, repeats: int) -> dict:
 
 
 def work_mace(data: dict, repeats: int) -> dict:
-    import numpy as np
+    # mace before e3nn: importing e3nn 0.4.4 first fails on torch >= 2.6 (weights-only load)
+    import numpy as np  # noqa: I001
     import torch
-    from e3nn import o3
     from mace import data as mace_data
     from mace import modules
     from mace.tools import torch_geometric, utils
+    from e3nn import o3
 
     h = MACE_HYPER
     elements = sorted(set(data["numbers"]))
@@ -326,7 +330,9 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
-    data_path = Path("/tmp/molsamp-benchmark-systems.json")
+    import tempfile
+
+    data_path = Path(tempfile.mkdtemp(prefix="molsamp-bench-")) / "systems.json"
     data_path.write_text(json.dumps(systems()))
     anchors = {}
     if not args.skip_anchors:

@@ -33,11 +33,53 @@ def squared_norm(x: torch.Tensor) -> torch.Tensor:
     return x.square().sum((-2, -1))
 
 
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """(E, 3) → (E, 3, 3) with skew(v) u = v × u."""
-    zero = torch.zeros_like(v[:, 0])
+_SYM_ROWS = (0, 1, 2, 0, 0, 1)
+_SYM_COLS = (0, 1, 2, 1, 2, 2)
+
+
+def _vector_of_skew(a: torch.Tensor) -> torch.Tensor:
+    """(…, 3, 3) antisymmetric → (…, 3) vector v with a = skew(v)."""
+    return torch.stack([a[..., 2, 1], a[..., 0, 2], a[..., 1, 0]], dim=-1)
+
+
+def _skew_of_vector(v: torch.Tensor) -> torch.Tensor:
+    """(…, 3) → (…, 3, 3) with skew(v) u = v × u."""
+    zero = torch.zeros_like(v[..., 0])
     x, y, z = v.unbind(-1)
-    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).reshape(-1, 3, 3)
+    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).unflatten(-1, (3, 3))
+
+
+def _symmetric_of_six(c: torch.Tensor) -> torch.Tensor:
+    """(…, 6) upper-triangle entries (xx, yy, zz, xy, xz, yz) → (…, 3, 3) symmetric."""
+    xx, yy, zz, xy, xz, yz = c.unbind(-1)
+    return torch.stack([xx, xy, xz, xy, yy, yz, xz, yz, zz], dim=-1).unflatten(-1, (3, 3))
+
+
+def _compact_sum(
+    n_atoms: int,
+    receiver: torch.Tensor,
+    weights: torch.Tensor,
+    iso: torch.Tensor,
+    vector: torch.Tensor,
+    six: torch.Tensor,
+) -> torch.Tensor:
+    """Σ over edges into receivers of w_I·iso·1 + w_A·skew(vector) + w_S·sym(six), summed in
+    compact form (1 + 3 + 6 numbers per channel instead of three 3×3 tensors).
+
+    weights (E, C, 3); iso (E, C); vector (E, C, 3); six (E, C, 6) → (M, C, 3, 3)."""
+    packed = torch.cat(
+        [
+            (weights[..., 0] * iso)[..., None],
+            weights[..., 1, None] * vector,
+            weights[..., 2, None] * six,
+        ],
+        dim=-1,
+    )
+    total = scatter_sum(packed, receiver, n_atoms)
+    eye = torch.eye(3, dtype=total.dtype, device=total.device)
+    return (
+        total[..., 0, None, None] * eye + _skew_of_vector(total[..., 1:4]) + _symmetric_of_six(total[..., 4:])
+    )
 
 
 class ChannelLinear(torch.nn.Module):
@@ -80,10 +122,16 @@ class TensorNetLayer(torch.nn.Module):
         receiver, sender = edge_index
         weights = (self.radial(radial) * envelope[:, None]).reshape(-1, self.channels, 3)
         x = x / (squared_norm(x) + 1.0)[..., None, None]
-        parts = [mix(p) for mix, p in zip(self.mix_in, decompose(x), strict=True)]
-        y = parts[0] + parts[1] + parts[2]
-        per_edge = sum(weights[:, :, k, None, None] * parts[k][sender] for k in range(3))
-        m = scatter_sum(per_edge, receiver, x.shape[0])
+        iso, anti, sym = (mix(p) for mix, p in zip(self.mix_in, decompose(x), strict=True))
+        y = iso + anti + sym
+        m = _compact_sum(
+            x.shape[0],
+            receiver,
+            weights,
+            iso[sender, :, 0, 0],
+            _vector_of_skew(anti)[sender],
+            sym[..., _SYM_ROWS, _SYM_COLS][sender],
+        )
         iso, anti, sym = decompose(y @ m + m @ y)
         scale = (squared_norm(iso + anti + sym) + 1.0)[..., None, None]
         iso, anti, sym = (mix(p / scale) for mix, p in zip(self.mix_out, (iso, anti, sym), strict=True))
@@ -175,12 +223,14 @@ class TensorNet(GraphPotential):
         f = self.edge_parts(radial).reshape(-1, c, 3) * z_ij[:, :, None]
         eye = torch.eye(3, dtype=dtype, device=vectors.device)
         outer = unit[:, :, None] * unit[:, None, :] - eye / 3.0
-        edge_tensors = (
-            f[:, :, 0, None, None] * eye
-            + f[:, :, 1, None, None] * _skew(unit)[:, None]
-            + f[:, :, 2, None, None] * outer[:, None]
+        x = _compact_sum(
+            n_atoms,
+            receiver,
+            f,
+            torch.ones_like(f[..., 0]),
+            unit[:, None, :].expand(-1, c, 3),
+            outer[:, None, _SYM_ROWS, _SYM_COLS].expand(-1, c, 6),
         )
-        x = scatter_sum(edge_tensors, receiver, n_atoms)
         scales = self.embed_scale(self.embed_norm(squared_norm(x))).reshape(n_atoms, c, 3)
         parts = [mix(p) for mix, p in zip(self.embed_mix, decompose(x), strict=True)]
         x = sum(scales[:, :, k, None, None] * parts[k] for k in range(3))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from molsamp.potentials.datasets import AtomsDataset, Structure
 from molsamp.potentials.graph import GraphPotential
-from molsamp.potentials.neighbors import neighbor_pairs
+from molsamp.potentials.neighbors import PairList, neighbor_pairs
 from molsamp.potentials.serialization import save_potential
 
 
@@ -99,7 +99,7 @@ class Batch:
     forces: torch.Tensor
     cell: torch.Tensor | None
     stress: torch.Tensor | None
-    pairs: object = field(default=None)
+    pairs: PairList | None = None
 
 
 def collate(
@@ -287,22 +287,30 @@ def train(
     start = time.perf_counter()
     stage_two = config.stage_two_fraction >= 1
     bar = tqdm(total=config.max_epochs, disable=not config.progress, unit="epoch", desc="train")
-    epoch = 0
-    for epoch in range(1, config.max_epochs + 1):
+    epoch, val_seconds, out_of_time = 0, 0.0, False
+
+    def enter_stage_two(epoch: int) -> bool:
         elapsed = time.perf_counter() - start
-        if not stage_two and (
+        return not stage_two and (
             epoch > config.stage_two_fraction * config.max_epochs
             or elapsed > config.stage_two_fraction * config.max_time_s
-        ):
-            stage_two = True
-            weights[0] = config.stage_two_energy_weight
-            for group in optimizer.param_groups:
-                group["lr"] *= config.stage_two_lr_factor
-            best_loss, stale = math.inf, 0  # the loss changed meaning
+        )
+
+    for epoch in range(1, config.max_epochs + 1):
         model.train()
         order = torch.randperm(len(train_set), generator=generator).tolist()
-        train_loss = 0.0
+        train_loss, seen = 0.0, 0
         for k in range(0, len(order), config.batch_size):
+            if enter_stage_two(epoch):
+                stage_two = True
+                weights[0] = config.stage_two_energy_weight
+                for group in optimizer.param_groups:
+                    group["lr"] *= config.stage_two_lr_factor
+                best_loss, stale = math.inf, 0  # the loss changed meaning
+            # leave room for the validation pass within the time budget
+            if time.perf_counter() - start + val_seconds > config.max_time_s and seen:
+                out_of_time = True
+                break
             batch = collate(
                 [train_set[i] for i in order[k : k + config.batch_size]],
                 model.r_max, config.dtype, device,
@@ -316,12 +324,15 @@ def train(
             if ema is not None:
                 ema.update_parameters(model)
             train_loss += float(loss.detach()) * len(batch.energy)
+            seen += len(batch.energy)
+        val_start = time.perf_counter()
         judged = ema.module if ema is not None else model
         judged.eval()
         metrics = evaluate(judged, val_batches, tuple(weights))
+        val_seconds = time.perf_counter() - val_start
         metrics.update(
             epoch=epoch,
-            train_loss=train_loss / len(train_set),
+            train_loss=train_loss / max(seen, 1),
             lr=optimizer.param_groups[0]["lr"],
             stage=2 if stage_two else 1,
             seconds=time.perf_counter() - start,
@@ -341,7 +352,7 @@ def train(
             stale += 1
         bar.update(1)
         bar.set_postfix(F_mae=f"{metrics['forces_mae']:.2f}", E_mae=f"{metrics['energy_mae_per_atom']:.3f}")
-        if stale >= config.patience or metrics["seconds"] > config.max_time_s:
+        if stale >= config.patience or out_of_time or metrics["seconds"] > config.max_time_s:
             break
     bar.close()
     if best_state is not None:
