@@ -29,15 +29,21 @@ class ExplosionGuard:
 
     Parameters
     ----------
-    max_potential_energy_per_atom : |E_pot| / N above this (kJ/mol) counts as an explosion.
+    max_potential_energy_per_atom : |E_pot − E_pot(start)| / N above this (kJ/mol) counts as an
+        explosion; a change, so models with large absolute (e.g. DFT) energies are fine.
     max_kinetic_energy_per_atom : E_kin / N above this (kJ/mol, ~ 8000 K) counts too.
     """
 
     max_potential_energy_per_atom: float = 1.0e4
     max_kinetic_energy_per_atom: float = 1.0e2
 
-    def problem(self, state: State, masses: torch.Tensor) -> str | None:
-        """A description of what is wrong with ``state``, or None if it looks healthy."""
+    def problem(
+        self, state: State, masses: torch.Tensor, start_energy: torch.Tensor | None = None
+    ) -> str | None:
+        """A description of what is wrong with ``state``, or None if it looks healthy.
+
+        ``start_energy`` (B,) kJ/mol is the potential energy the run started from.
+        """
         n = state.n_atoms
         energy = state.potential_energy
         kinetic = 0.5 * (masses.to(state.velocities)[:, None] * state.velocities.square()).sum((-2, -1))
@@ -55,7 +61,7 @@ class ExplosionGuard:
         reasons = [
             "positions are not finite",
             "velocities are not finite",
-            f"potential energy is not finite or exceeds {self.max_potential_energy_per_atom:g} kJ/mol per atom",
+            f"potential energy is not finite or moved more than {self.max_potential_energy_per_atom:g} kJ/mol per atom from the start",
             f"kinetic energy exceeds {self.max_kinetic_energy_per_atom:g} kJ/mol per atom",
         ]
         found = [reason for reason, bad in zip(reasons, checks, strict=True) if bad]

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import torch
 from tqdm.auto import tqdm
 
 import molsamp
@@ -70,6 +71,12 @@ def simulate(
             _write_checkpoint(checkpoint, integrator, state, reporters)
     last_good_step = state.step
     last_checkpoint_step = state.step
+    start_energy = None
+    if guard is not None:
+        start_energy = state.potential_energy
+        if start_energy is None:
+            with torch.no_grad():
+                start_energy = integrator.potential.energy(state.positions, state.cell)
 
     bar = tqdm(total=target, initial=state.step, disable=not progress, unit="step", desc="MD")
     try:
@@ -77,7 +84,7 @@ def simulate(
             stop = _next_stop(state.step, target, reporters, checkpoint_interval, guard_interval)
             try:
                 state = integrator.step(state, stop - state.step)
-                problem = None if guard is None else guard.problem(state, integrator.masses)
+                problem = None if guard is None else guard.problem(state, integrator.masses, start_energy)
             except ArithmeticError as error:  # an engine (OpenMM) refused non-finite numbers
                 state, problem = state.replace(step=stop), str(error)
             if problem is not None:

@@ -194,3 +194,22 @@ def test_simulate_rejects_bad_arguments(tmp_path):
         CSVReporter(tmp_path / "e.csv", 0)
     with pytest.raises(ValueError, match="trajectory path must end in one of"):
         TrajectoryReporter(tmp_path / "t.pdb", 10, system.topology)
+
+
+def test_guard_judges_energy_change_not_absolute_energy():
+    """A model with a large constant energy offset (e.g. DFT reference energies) runs fine."""
+    from molsamp.potentials import HarmonicPotential
+
+    class Offset(HarmonicPotential):
+        def _energy(self, positions, cell):
+            return super()._energy(positions, cell) - 1.0e6
+
+        def _energy_and_forces(self, positions, cell):
+            energy, forces = super()._energy_and_forces(positions, cell)
+            return energy - 1.0e6, forces
+
+    system, state, _ = lennard_jones_fluid(n_cells=2, cutoff_sigma=1.7)
+    potential = Offset(1000.0, center=state.positions[0])
+    langevin = LangevinBAOAB(potential, system.masses, 0.004, 120.0, 2.0, 1)
+    final = simulate(langevin, state, 200, guard_interval=50, progress=False)
+    assert final.step == 200 and final.potential_energy.item() < -0.99e6
