@@ -54,7 +54,10 @@ class ExplosionGuard:
                 torch.tensor(False, device=state.positions.device)
                 if energy is None
                 else ~torch.isfinite(energy).all()
-                | (energy.abs().max() / n > self.max_potential_energy_per_atom),
+                | (
+                    (energy - (0.0 if start_energy is None else start_energy)).abs().max() / n
+                    > self.max_potential_energy_per_atom
+                ),
                 kinetic.max() / n > self.max_kinetic_energy_per_atom,
             ]
         ).tolist()  # one host sync per check
