@@ -197,7 +197,9 @@ def weighted_histogram(
     x = x[:, None] if x.ndim == 1 else x
     ranges = np.asarray(ranges, dtype=np.float64).reshape(-1, 2)[: x.shape[1]]
     if ranges.shape[0] != x.shape[1]:
-        raise ValueError(f"ranges needs one (low, high) pair per dimension ({x.shape[1]}), got {ranges.shape[0]}")
+        raise ValueError(
+            f"ranges needs one (low, high) pair per dimension ({x.shape[1]}), got {ranges.shape[0]}"
+        )
     w = None if log_weights is None else normalized_weights(_check_log_weights(log_weights, x.shape[0]))
     finite = np.isfinite(x).all(axis=1)
     histogram, edges = np.histogramdd(
@@ -334,7 +336,9 @@ def js_divergence(p_counts: Any, q_counts: Any, pseudocount: float = 0.0) -> flo
     return float(0.5 * (kl_pm + kl_qm))
 
 
-def effective_counts(values: Any, log_weights: Any | None = None, bins: int = 64, ranges: Any = None) -> np.ndarray:
+def effective_counts(
+    values: Any, log_weights: Any | None = None, bins: int = 64, ranges: Any = None
+) -> np.ndarray:
     """Histogram as effective counts: probabilities × (Kish ESS, or S when unweighted)."""
     ranges = ((-math.pi, math.pi), (-math.pi, math.pi)) if ranges is None else ranges
     probabilities, _ = weighted_histogram(values, log_weights, bins, ranges)
