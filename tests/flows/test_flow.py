@@ -120,9 +120,9 @@ def test_maximum_likelihood_learns_a_von_mises_times_gaussian():
     flow = CouplingSplineFlow(
         2, torch.tensor([True, False]), n_couplings=4, hidden=32, generator=generator, dtype=torch.float64
     )
-    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-2)
-    for _ in range(200):
-        batch = data[torch.randint(0, data.shape[0], (128,), generator=generator)]
+    optimizer = torch.optim.Adam(flow.parameters(), lr=5e-3)
+    for _ in range(300):
+        batch = data[torch.randint(0, data.shape[0], (256,), generator=generator)]
         loss = -flow.log_prob(batch).mean()
         optimizer.zero_grad()
         loss.backward()
