@@ -195,6 +195,17 @@ class BoltzmannGenerator(torch.nn.Module):
             n_nonfinite_energy=int((valid & ~wrong & ~torch.isfinite(u)).sum()),
         )
 
+    def propose(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n positions (n, N, 3) nm (float64) and log q (n,), without energies: the proposal
+        of :class:`molsamp.flows.mcmc.IndependenceMetropolis`. Improper geometries get
+        log q = +inf, hence weight 0."""
+        with torch.no_grad():
+            z, log_q_z = self.flow.sample(n, generator)
+            positions, log_det = self.coordinates.inverse(z)
+            log_q = (log_q_z - log_det).double()
+            log_q = torch.where(self.coordinates.valid(z), log_q, torch.full_like(log_q, math.inf))
+        return positions.double(), log_q
+
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """n positions (n, N, 3) nm and their log importance weights (n,)."""
         samples = self.draw(n, generator)
