@@ -80,6 +80,29 @@ def _basin_fractions(angles: np.ndarray, weights: np.ndarray | None) -> dict[str
     }
 
 
+def _delta_f(
+    angles: np.ndarray,
+    pair: tuple[str, str],
+    temperature: float,
+    generator: torch.Generator,
+    log_weights: torch.Tensor | None,
+    block: int,
+) -> list[float] | None:
+    a, b = (ALANINE_BASINS[name] for name in pair)
+    try:
+        estimate = basin_free_energy_difference(
+            a.contains(*angles.T),
+            b.contains(*angles.T),
+            temperature,
+            generator,
+            log_weights=log_weights,
+            block_size=block,
+        )
+    except ValueError:  # a basin holds no sample: ΔF is not measured
+        return None
+    return [estimate.value, estimate.error]
+
+
 def compare_to_reference(
     samples: FlowSamples,
     reference_positions: torch.Tensor,
@@ -88,37 +111,27 @@ def compare_to_reference(
     generator: torch.Generator,
     output: Path | None = None,
     bins: int = 64,
-    basins: tuple[str, str] = ("beta", "alphaR"),
+    basin_pairs: tuple[tuple[str, str], ...] = (("beta", "alphaR"),),
 ) -> dict:
-    """ESS, JS/KL (64×64, pseudocount 1) of reweighted flow φ/ψ vs reference MD, the reference's
-    half-vs-half floor, ΔF between ``basins`` (b − a, kJ/mol and kT) for both, and plots."""
-    from molsamp.analysis import plot_ramachandran
+    """Reweighted flow φ/ψ against reference MD.
+
+    Reports the Kish ESS, JS and KL(reference ‖ flow) of ``bins``² histograms (pseudocount 1,
+    weighted histograms as effective counts), the reference's half-vs-half floor, and for each
+    (a, b) in ``basin_pairs`` ΔF = F_b − F_a in kJ/mol with bootstrap errors (block bootstrap
+    of ~5 τ for the MD chain); None where a basin holds no sample. With ``output`` it writes a
+    side-by-side PNG of both free-energy maps.
+    """
     from molsamp.flows.reweighting import normalized_weights
-    from molsamp.units import kT
 
     flow_angles = phi_psi(samples.positions, topology)
     reference_angles = phi_psi(reference_positions, topology)
     log_w = samples.log_weights
-    weights = normalized_weights(log_w)
     flow_counts = effective_counts(flow_angles, log_w, bins)
     reference_counts = effective_counts(reference_angles, None, bins)
     unweighted_counts = effective_counts(flow_angles, None, bins)
-    a, b = (ALANINE_BASINS[name] for name in basins)
-    # block bootstrap for the correlated MD reference: blocks of ~5 autocorrelation times
-    indicator = b.contains(reference_angles[:, 0], reference_angles[:, 1]).astype(float)
-    tau = integrated_autocorrelation_time(indicator) if indicator.std() > 0 else 1.0
-    block = int(min(max(1, 5 * tau), len(indicator) // 10))
-    flow_df = basin_free_energy_difference(
-        a.contains(*flow_angles.T), b.contains(*flow_angles.T), temperature, generator, log_weights=log_w
-    )
-    reference_df = basin_free_energy_difference(
-        a.contains(*reference_angles.T),
-        b.contains(*reference_angles.T),
-        temperature,
-        generator,
-        block_size=block,
-    )
-    beta_inverse = kT(temperature)
+    alpha = ALANINE_BASINS["alphaR"].contains(*reference_angles.T).astype(float)
+    tau = integrated_autocorrelation_time(alpha) if alpha.std() > 0 else 1.0
+    block = int(min(max(1, 5 * tau), max(1, len(alpha) // 10)))
     results = {
         "n_samples": int(len(log_w)),
         "kish_ess": kish_ess(log_w),
@@ -132,33 +145,47 @@ def compare_to_reference(
         "kl_reference_vs_reweighted": kl_divergence(reference_counts, flow_counts, 1.0),
         "js_unweighted_vs_reference": js_divergence(unweighted_counts, reference_counts, 1.0),
         "reference_half_vs_half": half_vs_half_divergences(reference_angles, bins),
-        "delta_f_name": f"F({basins[1]}) - F({basins[0]})",
-        "delta_f_flow_kJ_per_mol": [flow_df.value, flow_df.error],
-        "delta_f_reference_kJ_per_mol": [reference_df.value, reference_df.error],
-        "delta_f_flow_kT": [flow_df.value / beta_inverse, flow_df.error / beta_inverse],
-        "delta_f_reference_kT": [reference_df.value / beta_inverse, reference_df.error / beta_inverse],
+        "reference_alphaR_tau_frames": tau,
         "reference_block_frames": block,
-        "reference_tau_frames": tau,
-        "basin_fractions_flow_reweighted": _basin_fractions(flow_angles, weights),
+        "delta_f_kJ_per_mol": {
+            f"F({b}) - F({a})": {
+                "flow": _delta_f(flow_angles, (a, b), temperature, generator, log_w, 1),
+                "reference": _delta_f(reference_angles, (a, b), temperature, generator, None, block),
+            }
+            for a, b in basin_pairs
+        },
+        "basin_fractions_flow_reweighted": _basin_fractions(flow_angles, normalized_weights(log_w)),
         "basin_fractions_reference": _basin_fractions(reference_angles, None),
     }
     if output is not None:
-        output = Path(output)
-        output.mkdir(parents=True, exist_ok=True)
-        results["plots"] = {
-            "reference": str(
-                plot_ramachandran(
-                    *reference_angles.T, temperature, output / "ramachandran_md.png", title="MD reference"
-                )
-            ),
-            "flow_reweighted": str(
-                plot_ramachandran(
-                    *flow_angles.T,
-                    temperature,
-                    output / "ramachandran_flow.png",
-                    title="Flow, reweighted",
-                    weights=weights,
-                )
-            ),
-        }
+        path = Path(output) / "ramachandran_flow_vs_md.png"
+        results["plot"] = str(
+            plot_side_by_side(reference_angles, flow_angles, normalized_weights(log_w), temperature, path)
+        )
     return results
+
+
+def plot_side_by_side(
+    reference_angles: np.ndarray, flow_angles: np.ndarray, weights: np.ndarray, temperature: float, path: Path
+) -> Path:
+    """PNG with F(φ, ψ) (kJ/mol) of the MD reference beside the reweighted flow samples."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from molsamp.analysis import free_energy_2d
+
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=110, sharey=True)
+    panels = [(reference_angles, None, "MD"), (flow_angles, weights, "Boltzmann generator, reweighted")]
+    for ax, (angles, w, title) in zip(axes, panels, strict=True):
+        free_energy, edges = free_energy_2d(angles[:, 0], angles[:, 1], temperature, weights=w)
+        degrees = np.degrees(edges)
+        mesh = ax.pcolormesh(degrees, degrees, free_energy.T, cmap="viridis", vmax=30.0)
+        ax.set(xlabel="φ (degrees)", title=title, xlim=(-180, 180), ylim=(-180, 180))
+    axes[0].set_ylabel("ψ (degrees)")
+    figure.colorbar(mesh, ax=axes, label="free energy (kJ/mol)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
