@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from molsamp.flows.boltzmann import BoltzmannGenerator
-from molsamp.flows.ramachandran import compare_to_reference, md_frames
+from molsamp.flows.ramachandran import compare_to_reference, md_frames, phi_psi
 from molsamp.systems import alanine_dipeptide
 
 TEMPERATURE = 300.0
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     bg = BoltzmannGenerator.build(system, potential, training, TEMPERATURE, generator)
     budget = 60.0 * args.train_minutes
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     history = bg.train(
         training,
         generator,
@@ -86,10 +86,18 @@ def main(argv=None) -> dict:
         callback=show,
     )
     training_s = time.perf_counter() - start
+    training_cpu_s = time.process_time() - cpu_start
     torch.save(bg.flow.state_dict(), args.output / "flow.pt")
+    torch.save(bg.coordinates.state_dict(), args.output / "coordinates.pt")
     sampling_start = time.perf_counter()
     samples = bg.draw(args.samples, torch.Generator().manual_seed(args.seed + 10))
     sampling_s = time.perf_counter() - sampling_start
+    np.savez(
+        args.output / "samples.npz",
+        phi_psi=phi_psi(samples.positions, system.topology),
+        log_weights=samples.log_weights.numpy(),
+        reduced_energy=samples.reduced_energy.numpy(),
+    )
     results = compare_to_reference(
         samples,
         reference,
@@ -100,6 +108,7 @@ def main(argv=None) -> dict:
     )
     results.update(
         training_s=training_s,
+        training_cpu_s=training_cpu_s,
         sampling_s=sampling_s,
         training_frames=int(training.shape[0]),
         reference_frames=int(reference.shape[0]),

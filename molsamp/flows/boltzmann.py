@@ -120,16 +120,22 @@ class BoltzmannGenerator(torch.nn.Module):
         generator: torch.Generator,
         *,
         dtype: torch.dtype = torch.float32,
+        whiten: bool | None = None,
         **flow_options,
     ) -> BoltzmannGenerator:
         """Z-matrix from ``system.topology``, statistics and Cα chirality from ``positions``
-        (S, N, 3) nm (MD frames), and a :class:`CouplingSplineFlow` (``flow_options``)."""
+        (S, N, 3) nm (MD frames), and a :class:`CouplingSplineFlow` (``flow_options``).
+
+        ``whiten=None`` whitens bonds and angles jointly when there are more than twice as many
+        frames as bonds and angles (a well-determined covariance), else scales each one."""
         if system.topology is None:
             raise ValueError(
                 "system.topology is None; internal coordinates need the bond graph (build the system from a PDB)"
             )
         internal = InternalCoordinates(ZMatrix.from_topology(system.topology))
-        coordinates = NormalizedInternal(internal, positions.to(torch.float64)).to(dtype)
+        if whiten is None:
+            whiten = positions.shape[0] > 2 * (2 * internal.n_atoms - 3)
+        coordinates = NormalizedInternal(internal, positions.to(torch.float64), whiten=whiten).to(dtype)
         flow = CouplingSplineFlow(
             coordinates.dim, coordinates.circular, generator=generator, dtype=dtype, **flow_options
         )

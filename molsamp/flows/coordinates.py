@@ -340,20 +340,23 @@ def wrap_angle(angle: torch.Tensor) -> torch.Tensor:
 class NormalizedInternal(torch.nn.Module):
     """Internal coordinates standardised from data: what a flow sees.
 
-    Bonds and angles become (v − mean) / std; torsions become wrap(τ − circular mean) on
-    [−π, π). The statistics are buffers (saved in the state dict).
+    Bonds and angles (the real block v) become L⁻¹(v − mean), with L the Cholesky factor of
+    their covariance (``whiten=True``: linear bond/angle correlations removed, so a Gaussian
+    base already matches their second moments) or diag(std); torsions become
+    wrap(τ − circular mean) on [−π, π). The statistics are buffers (saved in the state dict).
 
     Parameters
     ----------
     internal : the :class:`InternalCoordinates` transform
     positions : (S, N, 3) nm, data frames to take the statistics from
+    whiten : full Cholesky whitening (True) or per-coordinate scaling (False)
     """
 
-    def __init__(self, internal: InternalCoordinates, positions: torch.Tensor):
+    def __init__(self, internal: InternalCoordinates, positions: torch.Tensor, whiten: bool = True):
         super().__init__()
         self.internal = internal
         with torch.no_grad():
-            values, _, _ = internal(positions)
+            values, _, _ = internal(positions.to(torch.float64))
         torsion = internal.torsion_slice
         real = values[:, : torsion.start]
         std = real.std(0)
@@ -361,9 +364,19 @@ class NormalizedInternal(torch.nn.Module):
             raise ValueError(
                 "a bond or angle has zero variance in positions; give thermal data (several frames)"
             )
+        if whiten:
+            if real.shape[0] <= real.shape[1]:
+                raise ValueError(
+                    f"whitening {real.shape[1]} bonds and angles needs more than {real.shape[1]} frames, "
+                    f"got {real.shape[0]}; give more data or whiten=False"
+                )
+            covariance = torch.cov(real.T)
+            factor = torch.linalg.cholesky(covariance + 1e-6 * torch.diag(covariance.diagonal()))
+        else:
+            factor = torch.diag(std)
         circular = torch.atan2(torch.sin(values[:, torsion]).mean(0), torch.cos(values[:, torsion]).mean(0))
         self.register_buffer("mean", torch.cat([real.mean(0), circular]))
-        self.register_buffer("scale", torch.cat([std, torch.ones_like(circular)]))
+        self.register_buffer("cholesky", factor)
 
     @property
     def dim(self) -> int:
@@ -376,32 +389,38 @@ class NormalizedInternal(torch.nn.Module):
         mask[self.internal.torsion_slice] = True
         return mask
 
+    def _log_scale(self) -> torch.Tensor:
+        return self.cholesky.diagonal().log().sum()
+
     def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions (B, N, 3) nm → normalised coordinates (B, 3N − 6) and the log-density
         correction (B,): log q_x(x) = log q_z(z) + correction, where the correction is
         −log|det ∂x/∂z| restricted to the internal block (external measure dropped)."""
         values, _, _ = self.internal(positions)
         z = self._normalize(values)
-        return z, -(self.internal.internal_log_det(values) + self.scale.log().sum())
+        return z, -(self.internal.internal_log_det(values) + self._log_scale())
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised coordinates (B, D) → positions (B, N, 3) nm in the canonical frame, and
         log|det ∂x/∂z| (B,) of the internal block (the same quantity :meth:`forward` negates)."""
         values = self._denormalize(z)
         positions, log_det = self.internal.inverse(values)
-        return positions, log_det + self.scale.log().sum()
+        return positions, log_det + self._log_scale()
 
     def valid(self, z: torch.Tensor) -> torch.Tensor:
         """(B,) True where z maps to a proper geometry (positive bonds, angles in (0, π))."""
         return is_valid_internal(self._denormalize(z), self.internal.n_atoms)
 
     def _normalize(self, values: torch.Tensor) -> torch.Tensor:
-        z = (values - self.mean.to(values)) / self.scale.to(values)
-        torsion = self.internal.torsion_slice
-        return torch.cat([z[:, : torsion.start], wrap_angle(z[:, torsion])], dim=1)
+        t = self.internal.torsion_slice.start
+        shifted = values - self.mean.to(values)
+        real = torch.linalg.solve_triangular(self.cholesky.to(values), shifted[:, :t].T, upper=False).T
+        return torch.cat([real, wrap_angle(shifted[:, t:])], dim=1)
 
     def _denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.scale.to(z) + self.mean.to(z)
+        t = self.internal.torsion_slice.start
+        real = z[:, :t] @ self.cholesky.to(z).T
+        return torch.cat([real, z[:, t:]], dim=1) + self.mean.to(z)
 
 
 def chirality(positions: torch.Tensor, centre: int, a: int, b: int, c: int) -> torch.Tensor:

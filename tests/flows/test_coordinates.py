@@ -101,13 +101,21 @@ def test_dihedral_convention_matches_mdtraj():
     np.testing.assert_allclose(dihedral(x[:, 0], x[:, 1], x[:, 2], x[:, 3]).numpy(), reference, atol=1e-5)
 
 
-def test_normalized_coordinates(alanine_frames, transform):
-    _, frames = alanine_frames
-    normalized = NormalizedInternal(transform.double(), frames)
+@pytest.mark.parametrize("whiten", [False, True])
+def test_normalized_coordinates(alanine_frames, transform, whiten):
+    system, frames = alanine_frames
+    if whiten:  # whitening 41 bonds and angles needs more than 41 frames
+        generator = torch.Generator().manual_seed(9)
+        frames = frames.repeat(3, 1, 1) + 2e-3 * torch.randn(120, 22, 3, generator=generator, dtype=frames.dtype)
+    normalized = NormalizedInternal(transform.double(), frames, whiten=whiten)
     z, correction = normalized(frames)
     real = z[:, ~normalized.circular]
+    expected_covariance = torch.eye(real.shape[1], dtype=z.dtype)
     torch.testing.assert_close(real.mean(0), torch.zeros(real.shape[1], dtype=z.dtype), atol=1e-10, rtol=0)
-    torch.testing.assert_close(real.std(0), torch.ones(real.shape[1], dtype=z.dtype), atol=1e-10, rtol=0)
+    covariance = torch.cov(real.T)
+    if not whiten:  # unit variances only
+        covariance = torch.diag(covariance.diagonal())
+    torch.testing.assert_close(covariance, expected_covariance, atol=1e-5, rtol=0)
     torsions = z[:, normalized.circular]
     assert (torsions >= -math.pi).all() and (torsions < math.pi).all()
     positions, log_det = normalized.inverse(z)
@@ -116,7 +124,11 @@ def test_normalized_coordinates(alanine_frames, transform):
     assert normalized.valid(z).all()
     broken = z.clone()
     broken[0, 0] = -1e3  # a negative bond length
-    assert normalized.valid(broken).tolist() == [False] + [True] * 39
+    assert normalized.valid(broken).tolist() == [False] + [True] * (len(z) - 1)
+    # log|det| of the whole map z → x equals autograd's, restricted to the internal block
+    row = z[0]
+    jacobian = torch.autograd.functional.jacobian(lambda v: normalized._denormalize(v[None])[0], row)
+    assert torch.linalg.slogdet(jacobian)[1].item() == pytest.approx(normalized._log_scale().item(), abs=1e-9)
 
 
 def test_chirality_flips_under_reflection(alanine_frames):
