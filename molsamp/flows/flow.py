@@ -190,9 +190,10 @@ class SplineCoupling(nn.Module):
         if inverse:
             values = torch.where(periodic, wrap(values - rotation), values)
         scaled = values * scale
-        inside = periodic | (scaled.abs() <= math.pi)
+        finite = torch.isfinite(scaled)  # NaN/inf pass through unchanged, never into the spline
+        inside = finite & (periodic | (scaled.abs() <= math.pi))
         spline, log_det = rational_quadratic_spline(
-            scaled.clamp(-math.pi, math.pi),
+            torch.where(finite, scaled, torch.zeros_like(scaled)).clamp(-math.pi, math.pi),
             widths,
             heights,
             derivatives,

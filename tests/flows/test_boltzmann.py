@@ -7,7 +7,7 @@ import torch
 
 from molsamp.flows.boltzmann import BoltzmannGenerator, soften_energy
 from molsamp.flows.coordinates import bond_angle, dihedral
-from molsamp.flows.reweighting import ess_fraction, weighted_mean
+from molsamp.flows.reweighting import ess_fraction, log_importance_weights, weighted_mean
 
 from .toy_molecule import (
     TEMPERATURE,
@@ -120,3 +120,23 @@ def test_training_improves_likelihood_then_energy():
     assert all(math.isfinite(row["nll"]) for row in history)
     after = ess_fraction(bg.draw(2000, torch.Generator().manual_seed(8)).log_weights)
     assert after > before + 0.1, (before, after)
+
+
+def test_clashing_alanine_geometries_get_weight_zero_never_nan(alanine_frames, alanine):
+    system, frames = alanine_frames
+    _, _, potential = alanine
+    bg = BoltzmannGenerator.build(
+        system, potential, frames, 300.0, torch.Generator().manual_seed(0), n_couplings=2, hidden=8
+    )
+    clashing = frames[:4].clone()
+    clashing[0, 0] = clashing[0, 21]  # two non-bonded atoms (the caps' H) on top of each other
+    clashing[1, 0] = clashing[1, 21] + 1e-4
+    clashing[2, 5] = float("nan")
+    u = bg.reduced_energy(clashing)
+    log_w = log_importance_weights(-u, bg.log_prob(clashing).double())
+    assert not torch.isnan(log_w).any()
+    assert torch.isneginf(log_w[2]) and (torch.isneginf(log_w[0]) or u[0] > 1e6)
+    assert torch.isfinite(log_w[3])
+    # a tiny but non-zero distance gives a huge finite energy: weight underflows to 0 relative to normal frames
+    normal_w = log_importance_weights(-bg.reduced_energy(frames[:4]), bg.log_prob(frames[:4]).double())
+    assert (log_w[1] < normal_w.max() - 1e3) or torch.isneginf(log_w[1])

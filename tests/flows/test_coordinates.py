@@ -106,7 +106,9 @@ def test_normalized_coordinates(alanine_frames, transform, whiten):
     system, frames = alanine_frames
     if whiten:  # whitening 41 bonds and angles needs more than 41 frames
         generator = torch.Generator().manual_seed(9)
-        frames = frames.repeat(3, 1, 1) + 2e-3 * torch.randn(120, 22, 3, generator=generator, dtype=frames.dtype)
+        frames = frames.repeat(3, 1, 1) + 2e-3 * torch.randn(
+            120, 22, 3, generator=generator, dtype=frames.dtype
+        )
     normalized = NormalizedInternal(transform.double(), frames, whiten=whiten)
     z, correction = normalized(frames)
     real = z[:, ~normalized.circular]

@@ -134,3 +134,13 @@ def test_maximum_likelihood_learns_a_von_mises_times_gaussian():
     assert resultant.abs().item() == pytest.approx(torch.exp(1j * angles).mean().abs().item(), abs=0.05)
     assert samples[:, 1].std().item() == pytest.approx(reals.std().item(), rel=0.1)
     assert -flow.log_prob(data).mean().item() < 2.2  # entropy of the target ≈ 1.45 + 0.73
+
+
+def test_non_finite_inputs_give_non_finite_density_not_an_error():
+    flow = perturbed_flow()
+    x = random_inputs(4, flow)
+    x[1, 0] = float("nan")
+    x[2, 1] = float("nan")  # a circular coordinate
+    x[3, 2] = float("inf")
+    log_q = flow.log_prob(x)
+    assert torch.isfinite(log_q[0]) and not torch.isfinite(log_q[1:]).any()
