@@ -89,46 +89,29 @@ def load_generator(run: Path, training_frames: Path) -> BoltzmannGenerator:
     return bg
 
 
-def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--run", type=Path, required=True, help="output folder of examples/boltzmann_alanine.py"
-    )
-    parser.add_argument(
-        "--training-frames", type=Path, required=True, help="the frames that run trained on (.npy)"
-    )
-    parser.add_argument(
-        "--md-ns", type=float, default=1.0, help="ns of OpenMM Langevin (default %(default)s)"
-    )
-    parser.add_argument(
-        "--torch-md-steps", type=int, default=20_000, help="steps of molsamp's torch Langevin"
-    )
-    parser.add_argument("--flow-samples", type=int, default=20_000)
-    parser.add_argument("--walkers", type=int, default=32)
-    parser.add_argument("--mcmc-iterations", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+def md_rows(args: argparse.Namespace) -> list[dict]:
+    """OpenMM's Langevin (ESS measured) and molsamp's torch Langevin (rate measured)."""
     rows = [md_chain("openmm", int(args.md_ns * 1000), 1000, args.seed)]
     torch_md = md_chain("torch", max(4, args.torch_md_steps // 1000), 1000, args.seed)
     openmm_tau = max(rows[0]["tau_ps"]) * 1000  # steps: the dynamics are the same BAOAB
     torch_md.update(
-        ess=args.torch_md_steps / openmm_tau,
-        note="rate measured; τ taken from the OpenMM run (same dynamics)",
+        ess=args.torch_md_steps / openmm_tau, note="rate measured; τ from the OpenMM run (same dynamics)"
     )
     torch_md.update(
         ess_per_evaluation=torch_md["ess"] / torch_md["energy_evaluations"],
         ess_per_cpu_s=torch_md["ess"] / torch_md["cpu_s"],
     )
-    rows.append(torch_md)
+    return [*rows, torch_md]
 
+
+def flow_rows(args: argparse.Namespace) -> list[dict]:
+    """Flow reweighting (Kish ESS) and flow-MCMC (chain ESS) with the run's trained flow."""
     bg = load_generator(args.run, args.training_frames)
     start = time.process_time()
     samples = bg.draw(args.flow_samples, torch.Generator().manual_seed(args.seed + 1))
-    rows.append(
+    rows = [
         row("flow reweighting", kish_ess(samples.log_weights), args.flow_samples, time.process_time() - start)
-    )
-
+    ]
     system = alanine_dipeptide("implicit")[0]
     move = IndependenceMetropolis(bg.propose, bg.log_prob, bg.reduced_energy)
     start_positions = torch.from_numpy(np.load(args.training_frames)[: args.walkers]).double()
@@ -152,25 +135,62 @@ def main(argv=None) -> list[dict]:
             tau_iterations=taus,
         )
     )
-    results = (
-        json.loads((args.run / "results.json").read_text()) if (args.run / "results.json").is_file() else {}
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--run", type=Path, required=True, help="output folder of examples/boltzmann_alanine.py"
     )
+    parser.add_argument("--training-frames", type=Path, help="the frames that run trained on (.npy)")
+    parser.add_argument(
+        "--md-ns", type=float, default=1.0, help="ns of OpenMM Langevin (default %(default)s)"
+    )
+    parser.add_argument(
+        "--torch-md-steps", type=int, default=20_000, help="steps of molsamp's torch Langevin"
+    )
+    parser.add_argument("--flow-samples", type=int, default=20_000)
+    parser.add_argument("--walkers", type=int, default=32)
+    parser.add_argument("--mcmc-iterations", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--parts", choices=["all", "md", "flow"], default="all", help="md and flow may run apart"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    out = args.run / "benchmark.json"
+    previous = json.loads(out.read_text())["rows"] if out.is_file() else []
+    rows = (
+        md_rows(args)
+        if args.parts in ("all", "md")
+        else [r for r in previous if r["method"].startswith("Langevin")]
+    )
+    if args.parts in ("all", "flow"):
+        if args.training_frames is None:
+            raise ValueError("--training-frames is required for the flow part")
+        rows += flow_rows(args)
+    results_path = args.run / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if rows and rows[0]["method"] == "Langevin MD (openmm)":
+        openmm = rows[0]
+        for r in rows:
+            r["vs_openmm_per_evaluation"] = r["ess_per_evaluation"] / openmm["ess_per_evaluation"]
+            r["vs_openmm_per_cpu_s"] = r["ess_per_cpu_s"] / openmm["ess_per_cpu_s"]
+    for r in rows:
+        print(
+            f"{r['method']:30s} ESS {r['ess']:9.1f}  evals {r['energy_evaluations']:9d}  CPU {r['cpu_s']:7.1f} s  "
+            f"ESS/eval {r['ess_per_evaluation']:.2e} ({r.get('vs_openmm_per_evaluation', float('nan')):.3g}× OpenMM)  "
+            f"ESS/CPU-s {r['ess_per_cpu_s']:.3g} ({r.get('vs_openmm_per_cpu_s', float('nan')):.3g}× OpenMM)"
+        )
     summary = {
         "rows": rows,
         "training_wall_s": results.get("training_s"),
         "training_cpu_s": results.get("training_cpu_s"),
     }
-    openmm = rows[0]
-    for r in rows:
-        r["vs_openmm_per_evaluation"] = r["ess_per_evaluation"] / openmm["ess_per_evaluation"]
-        r["vs_openmm_per_cpu_s"] = r["ess_per_cpu_s"] / openmm["ess_per_cpu_s"]
-        print(
-            f"{r['method']:32s} ESS {r['ess']:9.1f}  evals {r['energy_evaluations']:9d}  CPU {r['cpu_s']:7.1f} s  "
-            f"ESS/eval {r['ess_per_evaluation']:.2e} ({r['vs_openmm_per_evaluation']:.3g}× OpenMM)  "
-            f"ESS/CPU-s {r['ess_per_cpu_s']:.3g} ({r['vs_openmm_per_cpu_s']:.3g}× OpenMM)"
-        )
     print(f"flow training (separate): wall {summary['training_wall_s']} s, CPU {summary['training_cpu_s']} s")
-    (args.run / "benchmark.json").write_text(json.dumps(summary, indent=2))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
     return rows
 
 
