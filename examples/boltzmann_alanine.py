@@ -68,6 +68,7 @@ def main(argv=None) -> dict:
         return md_frames("implicit", TEMPERATURE, args.md_ns, interval_ps=1.0, seed=seed)
 
     training = frames(args.training_frames, args.seed + 1)
+    np.save(args.output / "training_frames.npy", training.numpy())  # what the benchmark rebuilds from
     reference = frames(args.reference_frames, args.seed + 2)
     generator = torch.Generator().manual_seed(args.seed)
     bg = BoltzmannGenerator.build(system, potential, training, TEMPERATURE, generator)
