@@ -256,6 +256,7 @@ class BoltzmannGenerator(torch.nn.Module):
         time_limit_s: float | None = None,
         clock: str = "wall",
         log_every: int = 100,
+        validation: torch.Tensor | None = None,
         callback: Callable[[dict], None] | None = None,
     ) -> list[dict]:
         """Adam on (1 − λ)·NLL(data) + λ·KL(q ‖ p) with gradient-norm clipping.
@@ -270,7 +271,9 @@ class BoltzmannGenerator(torch.nn.Module):
         kl_weight : λ in [0, 1], or a function step → λ (e.g. a ramp from ML to mixed)
         energy_high : reduced energy (kT) above which the energy is softened logarithmically
         clip_norm : maximum gradient norm
-        log_every : steps between history rows (dicts with step, nll, kl, λ, time_s, …)
+        log_every : steps between history rows (dicts with step, nll, kl, λ, wall_s/cpu_s, …)
+        validation : (V, N, 3) held-out frames; rows then carry their NLL ("validation_nll"),
+            the overfitting signal (training NLL falling while this rises ruins the ESS)
         """
         if data.ndim != 3 or data.shape[0] < 2:
             raise ValueError(f"data must be (S, N, 3) frames in nm with S >= 2, got {tuple(data.shape)}")
@@ -320,6 +323,10 @@ class BoltzmannGenerator(torch.nn.Module):
                 }
                 if lam > 0.0:
                     row["kl"] = float(kl.detach())
+                if validation is not None:
+                    with torch.no_grad():
+                        held_out = validation.to(device=self.flow.device, dtype=self.flow.dtype)
+                        row["validation_nll"] = float(self.ml_loss(held_out))
                 history.append(row)
                 if callback is not None:
                     callback(row)

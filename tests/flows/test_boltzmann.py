@@ -113,11 +113,13 @@ def test_training_improves_likelihood_then_energy():
         batch_size=128,
         kl_batch_size=128,
         kl_weight=lambda step: 0.0 if step < 50 else 0.5,
+        validation=rough_frames(200, seed=11),
         learning_rate=5e-3,
         log_every=25,
     )
     assert history[-1]["step"] == 149 and "kl" in history[-1]
-    assert all(math.isfinite(row["nll"]) for row in history)
+    assert all(math.isfinite(row["nll"]) and math.isfinite(row["validation_nll"]) for row in history)
+    assert history[1]["validation_nll"] < history[0]["validation_nll"]  # held-out NLL falls during ML
     after = ess_fraction(bg.draw(2000, torch.Generator().manual_seed(8)).log_weights)
     assert after > before + 0.1, (before, after)
 
