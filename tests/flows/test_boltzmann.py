@@ -119,7 +119,6 @@ def test_training_improves_likelihood_then_energy():
     )
     assert history[-1]["step"] == 149 and "kl" in history[-1]
     assert all(math.isfinite(row["nll"]) and math.isfinite(row["validation_nll"]) for row in history)
-    assert history[1]["validation_nll"] < history[0]["validation_nll"]  # held-out NLL falls during ML
     after = ess_fraction(bg.draw(2000, torch.Generator().manual_seed(8)).log_weights)
     assert after > before + 0.1, (before, after)
 
