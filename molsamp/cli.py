@@ -1,4 +1,4 @@
-"""The ``molsamp`` command: ``molsamp demo``, ``molsamp md`` and ``molsamp train``."""
+"""The ``molsamp`` command: ``molsamp demo``, ``md``, ``train`` and ``sample``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,14 @@ from pathlib import Path
 import torch
 
 from molsamp import systems
+from molsamp.flows.commands import (
+    DEMO_BASIN_PAIRS,
+    add_flow_arguments,
+    add_sample_parser,
+    print_report,
+    run_sample,
+    train_and_report,
+)
 from molsamp.integrators import LangevinBAOAB, SimulationExploded, simulate
 from molsamp.io import CSVReporter, TrajectoryReporter
 from molsamp.units import ps_from_fs
@@ -40,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="Langevin MD of alanine dipeptide with a Ramachandran report")
     _add_md_arguments(demo, steps=2_000_000, output="molsamp-demo")
+    add_flow_arguments(
+        demo, None, None, auto="3 minutes and 20000 samples, scaled down for --steps < 2000000"
+    )
 
     md = commands.add_parser("md", help="Langevin MD of a built-in system or a PDB with a force field")
     source = md.add_mutually_exclusive_group()
@@ -60,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     training = commands.add_parser("train", help="train a MACE or TensorNet potential on energies and forces")
     train_command.add_arguments(training)
+    add_sample_parser(commands)
     return parser
 
 
@@ -133,6 +145,13 @@ def demo(args: argparse.Namespace) -> None:
     print(f"fraction with phi > 0 (alpha_L / C7ax): {np.mean(phi > 0):.4f}")
     for name, path in {**paths, "ramachandran": plot}.items():
         print(f"{name}: {path}")
+    scale = min(1.0, args.steps / 2_000_000)  # short (test) runs get a short flow section
+    args.flow_minutes = 3.0 * scale if args.flow_minutes is None else args.flow_minutes
+    args.flow_samples = max(500, int(20_000 * scale)) if args.flow_samples is None else args.flow_samples
+    if args.flow_minutes > 0:
+        system, _, potential = systems.alanine_dipeptide("vacuum", temperature=args.temperature)
+        frames = torch.as_tensor(trajectory.xyz, dtype=torch.float64)
+        print_report(train_and_report(system, potential, frames, frames, args, DEMO_BASIN_PAIRS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from molsamp.potentials import train_command
 
             train_command.run(args)
+        elif args.command == "sample":
+            run_sample(args)
         else:
             run_md(args, args.trajectory_format)
     except (ValueError, FileNotFoundError, SimulationExploded) as error:

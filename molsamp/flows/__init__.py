@@ -1,0 +1,49 @@
+"""Learned proposals: internal coordinates, spline flows, Boltzmann generators, flow-MCMC and
+importance reweighting."""
+
+from molsamp.flows.boltzmann import BoltzmannGenerator, FlowSamples, soften_energy
+from molsamp.flows.coordinates import InternalCoordinates, NormalizedInternal, ZMatrix
+from molsamp.flows.flow import CouplingSplineFlow, Flow
+from molsamp.flows.mcmc import FlowMCMCResult, IndependenceMetropolis, flow_mcmc
+from molsamp.flows.reweighting import (
+    ALANINE_BASINS,
+    Basin,
+    Estimate,
+    basin_free_energy_difference,
+    ess_fraction,
+    free_energy_profile,
+    half_vs_half_divergences,
+    js_divergence,
+    kish_ess,
+    kl_divergence,
+    log_importance_weights,
+    weighted_histogram,
+    weighted_mean,
+)
+
+__all__ = [
+    "ALANINE_BASINS",
+    "Basin",
+    "BoltzmannGenerator",
+    "CouplingSplineFlow",
+    "Estimate",
+    "Flow",
+    "FlowMCMCResult",
+    "FlowSamples",
+    "IndependenceMetropolis",
+    "InternalCoordinates",
+    "NormalizedInternal",
+    "ZMatrix",
+    "basin_free_energy_difference",
+    "ess_fraction",
+    "flow_mcmc",
+    "free_energy_profile",
+    "half_vs_half_divergences",
+    "js_divergence",
+    "kish_ess",
+    "kl_divergence",
+    "log_importance_weights",
+    "soften_energy",
+    "weighted_histogram",
+    "weighted_mean",
+]

@@ -1,0 +1,54 @@
+"""The alanine Boltzmann-generator example and flow benchmark end to end, on tiny budgets."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(relative: str):
+    spec = importlib.util.spec_from_file_location(Path(relative).stem, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_example_and_benchmark_run_end_to_end(tmp_path):
+    out = tmp_path / "bg"
+    results = load("examples/boltzmann_alanine.py").main(
+        ["--output", str(out), "--md-ns", "0.2", "--train-minutes", "0.5", "--samples", "2000"]
+    )
+    assert results["n_samples"] == 2000 and 1.0 <= results["kish_ess"] <= 2000
+    assert math.isfinite(results["js_reweighted_vs_reference"])
+    assert (out / "flow.pt").is_file() and (out / "results.json").is_file()
+    samples = np.load(out / "samples.npz")
+    assert not np.isnan(samples["log_weights"]).any()
+    # the benchmark reloads the flow (weights_only) from the frames it was trained on
+    frames = out / "training_frames.npy"
+    rows = load("benchmarks/flow_sampling.py").main(
+        [
+            "--run",
+            str(out),
+            "--training-frames",
+            str(frames),
+            "--md-ns",
+            "0.02",
+            "--torch-md-steps",
+            "4000",
+            "--flow-samples",
+            "500",
+            "--walkers",
+            "4",
+            "--mcmc-iterations",
+            "20",
+        ]
+    )
+    assert [r["method"] for r in rows][:2] == ["Langevin MD (openmm)", "Langevin MD (torch)"]
+    assert all(r["ess"] > 0 and r["energy_evaluations"] > 0 for r in rows)
+    assert json.loads((out / "benchmark.json").read_text())["rows"]
