@@ -35,11 +35,14 @@ def add_flow_arguments(
     parser.add_argument(
         "--kl-weight",
         type=float,
-        default=0.3,
+        default=0.5,
         help="weight of the energy (reverse KL) term after the ML phase",
     )
     parser.add_argument(
-        "--ml-fraction", type=float, default=0.5, help="share of the training time on pure maximum likelihood"
+        "--ml-fraction",
+        type=float,
+        default=0.35,
+        help="share of the training time on pure maximum likelihood",
     )
 
 
