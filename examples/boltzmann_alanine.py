@@ -44,8 +44,9 @@ def main(argv=None) -> dict:
         "--reference-frames", type=Path, help="(S, 22, 3) .npy long-MD frames in nm (else simulated)"
     )
     parser.add_argument("--md-ns", type=float, default=10.0, help="ns of MD to simulate per missing data set")
-    # Defaults are the best measured run (4.3 CPU-minutes: ESS 3.3 %); 14 CPU-minutes with a
-    # 30 % ML phase on 7.5 k frames overfitted the likelihood and fell to ESS 0.007 %.
+    # Defaults: the settings of the best measured run (4.3 CPU-minutes, 10 ns of frames: ESS
+    # 3.3 %); a repeat gave 0.4 % and 6 CPU-minutes 1.7 %, so run-to-run spread is large. 14
+    # CPU-minutes with a 30 % ML phase on 7.5 ns overfitted the likelihood: ESS 0.007 %.
     parser.add_argument("--train-minutes", type=float, default=4.5, help="training budget, minutes")
     parser.add_argument(
         "--ml-fraction", type=float, default=0.35, help="share of the budget on pure likelihood"
