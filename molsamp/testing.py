@@ -16,7 +16,7 @@ def integrated_autocorrelation_time(series: np.ndarray, window_factor: float = 5
     """τ_int = 1 + 2 Σ ρ(t) with Sokal's self-consistent window (t ≤ c·τ).
 
     ``series`` is (T,) or (T, W) for W independent chains (their autocorrelations averaged).
-    Returns τ in units of the sampling interval (≥ 1 … for anticorrelated series it may be < 1).
+    Returns τ in units of the sampling interval (inf for a constant series, so its ESS is 0).
     """
     x = np.asarray(series, dtype=np.float64)
     if x.ndim == 1:
@@ -28,8 +28,8 @@ def integrated_autocorrelation_time(series: np.ndarray, window_factor: float = 5
     size = 1 << (2 * n - 1).bit_length()
     spectrum = np.fft.rfft(x, n=size, axis=0)
     acf = np.fft.irfft(spectrum * np.conj(spectrum), axis=0)[:n].mean(axis=1)
-    if acf[0] == 0:
-        return 1.0
+    if acf[0] == 0:  # a chain that never moved holds no information: not N samples
+        return float("inf")
     rho = acf / acf[0]
     tau = 1.0
     for t in range(1, n):
