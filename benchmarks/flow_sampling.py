@@ -172,7 +172,11 @@ def main(argv=None) -> list[dict]:
         rows += flow_rows(args)
     results_path = args.run / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    if rows and rows[0]["method"] == "Langevin MD (openmm)":
+    if rows and rows[0]["method"] == "Langevin MD (openmm)" and rows[0]["ess"] == 0:
+        print(
+            "OpenMM's MD never crossed between the basins in this run (ESS 0): ratios left out; run longer MD"
+        )
+    elif rows and rows[0]["method"] == "Langevin MD (openmm)":
         openmm = rows[0]
         for r in rows:
             r["vs_openmm_per_evaluation"] = r["ess_per_evaluation"] / openmm["ess_per_evaluation"]

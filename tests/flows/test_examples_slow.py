@@ -50,5 +50,6 @@ def test_example_and_benchmark_run_end_to_end(tmp_path):
         ]
     )
     assert [r["method"] for r in rows][:2] == ["Langevin MD (openmm)", "Langevin MD (torch)"]
-    assert all(r["ess"] > 0 and r["energy_evaluations"] > 0 for r in rows)
+    assert all(r["ess"] >= 0 and r["energy_evaluations"] > 0 for r in rows)
+    assert all(r["ess"] > 0 for r in rows[2:])  # 20 ps of MD may never cross (ESS 0); the flow rows must
     assert json.loads((out / "benchmark.json").read_text())["rows"]
