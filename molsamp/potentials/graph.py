@@ -106,8 +106,9 @@ class GraphPotential(Potential):
         return len(self.elements)
 
     def hyperparameters(self) -> dict:
-        """JSON-able constructor arguments (what :func:`load_potential` rebuilds from)."""
-        raise NotImplementedError
+        """JSON-able constructor arguments (what :func:`load_potential` rebuilds from);
+        subclasses record them in ``self._hyper``."""
+        return dict(self._hyper)
 
     def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """Element index 0…n_elements−1 of each atom; raises for unknown elements."""

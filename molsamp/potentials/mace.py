@@ -210,9 +210,6 @@ class MACE(GraphPotential):
         if dtype is not None:
             self.to(dtype)
 
-    def hyperparameters(self) -> dict:
-        return dict(self._hyper)
-
     def _atom_energies(
         self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
     ) -> torch.Tensor:

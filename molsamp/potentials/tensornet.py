@@ -203,9 +203,6 @@ class TensorNet(GraphPotential):
         if dtype is not None:
             self.to(dtype)
 
-    def hyperparameters(self) -> dict:
-        return dict(self._hyper)
-
     def _atom_energies(
         self, species: torch.Tensor, edge_index: torch.Tensor, vectors: torch.Tensor
     ) -> torch.Tensor:
