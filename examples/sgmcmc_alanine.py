@@ -1,6 +1,7 @@
 """How far to trust a MACE potential of alanine dipeptide: SG-MCMC posterior vs deep ensemble.
 
-1. Amber-labelled 300 K MD frames train a small MACE (the MAP estimate).
+1. Amber-labelled 300 K MD frames train a small MACE (the MAP estimate), or ``--map-model``
+   loads one trained on the same frames by ``examples/train_alanine_mace.py``.
 2. Preconditioned SGLD with a cyclical step size (Zhang et al. 2020), one chain per process,
    starts from the MAP weights and keeps the end of every cycle as a posterior sample.
 3. A deep ensemble (independently initialised models, same data) is the baseline.
@@ -29,7 +30,7 @@ import torch.distributed as dist
 from molsamp.distributed import gather_on_root, init_from_environment
 from molsamp.integrators import CyclicalSchedule, LangevinBAOAB, PreconditionedSGLD, simulate
 from molsamp.io import TrajectoryReporter
-from molsamp.potentials import MACE
+from molsamp.potentials import MACE, load_potential
 from molsamp.potentials.datasets import AtomsDataset, alanine_dipeptide_md_dataset
 from molsamp.potentials.training import TrainingConfig, evaluate, train
 from molsamp.systems import alanine_dipeptide
@@ -215,9 +216,14 @@ def reference_md(n_frames: int, seed: int, temperature: float = TEMPERATURE):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=1500, help="training + validation frames")
+    parser.add_argument(
+        "--frames", type=int, default=3000, help="training + validation frames (as train_alanine_mace.py)"
+    )
     parser.add_argument("--test-frames", type=int, default=300)
-    parser.add_argument("--map-minutes", type=float, default=5.0)
+    parser.add_argument("--map-minutes", type=float, default=10.0)
+    parser.add_argument(
+        "--map-model", type=Path, help="a MAP model saved by train_alanine_mace.py (skips training it)"
+    )
     parser.add_argument(
         "--chains", type=int, default=2, help="chains in one process (torchrun: one per rank)"
     )
@@ -237,20 +243,23 @@ def main() -> None:
     report: dict = {"ranks": world}
 
     start = time.perf_counter()
-    data = alanine_dipeptide_md_dataset(args.frames, interval_steps=100, seed=1)
-    train_set, val_set = data.split(0.1, seed=0)
+    data = alanine_dipeptide_md_dataset(args.frames, interval_steps=50, seed=1)
+    train_set, val_set = data.split(0.05, seed=0)  # the split train_alanine_mace.py trains on
     test = alanine_dipeptide_md_dataset(args.test_frames, interval_steps=200, seed=2)
     ood = alanine_dipeptide_md_dataset(args.test_frames // 2, interval_steps=200, seed=3, temperature=700.0)
     report["data_seconds"] = time.perf_counter() - start
 
     map_model = small_mace(0)
-    if rank == 0:
+    if args.map_model is not None:
+        map_model = load_potential(args.map_model).to(DTYPE)
+        report["map"] = {"file": str(args.map_model)}
+    elif rank == 0:
         result = fit(map_model, train_set, val_set, args.map_minutes, args.quiet)
         report["map"] = {"seconds": result.seconds, "epochs": result.epochs, **result.best_metrics}
         print(
             f"MAP: force MAE {result.best_metrics['forces_mae']:.2f} kJ/mol/nm in {result.seconds / 60:.1f} min"
         )
-    if world > 1:
+    if world > 1 and args.map_model is None:
         shared = [map_model.state_dict() if rank == 0 else None]
         dist.broadcast_object_list(shared, src=0)
         map_model.load_state_dict(shared[0])

@@ -27,6 +27,7 @@ from molsamp.potentials import MACE, load_potential, save_potential
 from molsamp.potentials.datasets import alanine_dipeptide_md_dataset
 from molsamp.potentials.training import TrainingConfig, collate, evaluate, train
 from molsamp.systems import alanine_dipeptide
+from molsamp.testing import mean_and_standard_error
 from molsamp.units import ps_from_fs
 
 
@@ -133,11 +134,13 @@ def main() -> None:
         "max_relative_bond_deviation": float(stretch),
         "bonds_intact": bool(stretch < 0.25),
         "finite": bool(torch.isfinite(final.positions).all()),
-        "mean_temperature_K": float(energies[:, 5].mean()),
     }
+    # on-step BAOAB velocities at 1 fs; the error bar counts correlated samples (ESS)
+    mean_t, error_t = mean_and_standard_error(energies[:, 5])
+    report["md"].update(mean_temperature_K=mean_t, temperature_standard_error_K=error_t)
     print(
         f"MD {args.md_ps} ps with the model: max bond deviation {100 * stretch:.1f} %, "
-        f"mean T {report['md']['mean_temperature_K']:.0f} K, {report['md_seconds']:.0f} s"
+        f"mean T {mean_t:.0f} ± {error_t:.0f} K, {report['md_seconds']:.0f} s"
     )
     report["passed"] = bool(metrics["forces_mae_relative"] < 0.05 and report["md"]["bonds_intact"])
     (args.output / "report.json").write_text(json.dumps(report, indent=2, default=str))

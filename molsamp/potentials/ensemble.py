@@ -45,6 +45,7 @@ class EnsemblePotential(Potential):
                 "batched=True needs members of one architecture with parameters; use batched='auto'"
             )
         self.batched = same_architecture if batched == "auto" else bool(batched)
+        self._stack_cache: tuple | None = None
 
     @classmethod
     def from_state_dicts(cls, template: Potential, state_dicts: Sequence[dict], batched: bool | str = "auto"):
@@ -67,8 +68,7 @@ class EnsemblePotential(Potential):
         return torch.stack([e for e, _ in results]), torch.stack([f for _, f in results])
 
     def _vectorised(self, positions, cell):
-        parameters, buffers = stack_module_state(list(self.members))
-        base = copy.deepcopy(self.members[0]).to("meta")
+        parameters, buffers, buffer_dims, base = self._stacked_members()
 
         def energy_sum(params, bufs, x):
             return functional_call(base, (params, bufs), (x, cell)).sum()
@@ -78,7 +78,37 @@ class EnsemblePotential(Potential):
             return energy, -grad(energy_sum, argnums=2)(params, bufs, x)
 
         with torch.no_grad():
-            return vmap(one_member, in_dims=(0, 0, None))(parameters, buffers, positions.detach())
+            return vmap(one_member, in_dims=(0, buffer_dims, None))(parameters, buffers, positions.detach())
+
+    def _apply(self, fn, recurse=True):
+        self._stack_cache = None  # stacked copies would stay on the old device/dtype
+        return super()._apply(fn, recurse)
+
+    def _stacked_members(self):
+        """Stacked weights, buffers and a weightless copy of a member for ``functional_call``,
+        rebuilt only when a member's tensors changed (copying a graph model costs more than
+        evaluating it)."""
+        versions = tuple(t._version for m in self.members for t in (*m.parameters(), *m.buffers()))
+        if self._stack_cache is None or self._stack_cache[0] != versions:
+            parameters, _ = stack_module_state(list(self.members))
+            buffers, buffer_dims = self._member_buffers()
+            base = copy.deepcopy(self.members[0]).to("meta")
+            self._stack_cache = (versions, parameters, buffers, buffer_dims, base)
+        return self._stack_cache[1:]
+
+    def _member_buffers(self) -> tuple[dict[str, torch.Tensor], dict[str, int | None]]:
+        """Buffers for the vectorised pass: stacked (vmapped over) where members differ, one
+        shared copy where they agree. Lookup tables such as a graph model's element index
+        must stay unbatched: vmap cannot branch on their values."""
+        buffers, dims = {}, {}
+        per_member = [dict(m.named_buffers()) for m in self.members]
+        for name, first in per_member[0].items():
+            values = [b[name] for b in per_member]
+            if all(v.shape == first.shape and torch.equal(v, first) for v in values[1:]):
+                buffers[name], dims[name] = first, None
+            else:
+                buffers[name], dims[name] = torch.stack(values), 0
+        return buffers, dims
 
     def _energy(self, positions, cell):
         return torch.stack([member.energy(positions, cell) for member in self.members]).mean(0)
