@@ -81,24 +81,32 @@ def main(argv=None) -> dict:
     def used() -> float:
         return time.perf_counter() - start if args.clock == "wall" else time.process_time() - cpu_start
 
+    # the last 10 % of the MD frames (a later stretch of the trajectory) are held out: the ML
+    # phase keeps the weights with the best held-out likelihood, the mixed phase those whose
+    # reverse-KL samples had the best ESS
+    held_out = max(2, training.shape[0] // 10)
+    fit_frames, validation = training[:-held_out], training[-held_out:]
     history = bg.train(
-        training,
+        fit_frames,
         generator,
         n_steps=10**9,
         time_limit_s=args.ml_fraction * budget,
         clock=args.clock,
-        log_every=200,
+        log_every=100,
+        validation=validation,
+        keep_best=True,
         callback=show,
     )
     history += bg.train(
-        training,
+        fit_frames,
         generator,
         n_steps=10**9,
         kl_weight=args.kl_weight,
         learning_rate=3e-4,
         time_limit_s=budget - used(),
         clock=args.clock,
-        log_every=50,
+        log_every=25,
+        keep_best=True,
         callback=show,
     )
     training_s = time.perf_counter() - start

@@ -7,8 +7,9 @@
 3. A deep ensemble (independently initialised models, same data) is the baseline.
 4. On held-out 300 K frames: coverage of the 68 % / 95 % force intervals (raw, and with a
    scale fitted on validation frames); on 700 K frames (out of distribution) σ must grow.
-5. The Amber φ free-energy profile, reweighted to every member (wₖ ∝ e^{−β(Uₖ − U_Amber)}),
-   gives a credible band that should contain the Amber reference.
+5. The Amber φ free-energy profile, reweighted to every member (wₖ ∝ e^{−β(Uₖ − U_Amber)}) on
+   block-bootstrap resamples of the frames, gives a credible band (model spread plus the
+   reweighting's sampling error) that should contain the Amber reference.
 
     python examples/sgmcmc_alanine.py --output runs/sgmcmc
     torchrun --nproc-per-node 2 examples/sgmcmc_alanine.py --output runs/sgmcmc   # a chain per rank
@@ -28,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from molsamp.distributed import gather_on_root, init_from_environment
+from molsamp.flows.reweighting import bootstrap_indices
 from molsamp.integrators import CyclicalSchedule, LangevinBAOAB, PreconditionedSGLD, simulate
 from molsamp.io import TrajectoryReporter
 from molsamp.potentials import MACE, load_potential
@@ -82,15 +84,21 @@ def fit(
     return train(model, train_set, val_set, config)
 
 
-def predictions(models: list[MACE], structures) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energies (K, S) kJ/mol and forces (K, S, N, 3) kJ/mol/nm of every model."""
+def predictions(models: list[MACE], structures, forces: bool = True):
+    """Energies (K, S) kJ/mol and, if ``forces``, forces (K, S, N, 3) kJ/mol/nm of every model."""
     batches = batches_of(structures, 64, models[0], DTYPE)
-    energies, forces = [], []
+    energies, member_forces = [], []
     for model in models:
-        outputs = [model.predict(b.atomic_numbers, b.positions, b.batch, pairs=b.pairs) for b in batches]
+        outputs = [
+            model.predict(b.atomic_numbers, b.positions, b.batch, pairs=b.pairs, forces=forces)
+            for b in batches
+        ]
         energies.append(torch.cat([o["energy"].detach() for o in outputs]))
-        forces.append(torch.cat([o["forces"].detach() for o in outputs]).reshape(len(structures), -1, 3))
-    return torch.stack(energies).double(), torch.stack(forces).double()
+        if forces:
+            member_forces.append(
+                torch.cat([o["forces"].detach() for o in outputs]).reshape(len(structures), -1, 3)
+            )
+    return torch.stack(energies).double(), torch.stack(member_forces).double() if forces else None
 
 
 def labels(structures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +154,7 @@ def phi_profiles(
     structures = [
         Structure(z, torch.from_numpy(x).double(), torch.tensor(0.0), torch.zeros(len(z), 3)) for x in frames
     ]
-    energies, _ = predictions(models, structures)
+    energies, _ = predictions(models, structures, forces=False)
     log_w = -(energies.numpy() - amber_energies[None]) / kT(TEMPERATURE)
     log_w -= log_w.max(1, keepdims=True)
     weights = np.exp(log_w)
@@ -163,7 +171,14 @@ def phi_profiles(
         return f - np.nanmin(f)
 
     reference = profile(np.full(len(phi), 1.0 / len(phi)))
-    interval = credible_interval([profile(w) for w in weights], level=0.95)
+    # each member's profile on block-bootstrap resamples of the frames: the band holds the
+    # model (posterior) spread and the finite-sample error of reweighting a 2 ns trajectory
+    resamples = bootstrap_indices(len(phi), 25, torch.Generator().manual_seed(0), block_size=100)
+    interval = credible_interval(
+        [profile(np.bincount(r, weights=w[r], minlength=len(phi))) for w in weights for r in resamples],
+        level=0.95,
+    )
+    model_only = credible_interval([profile(w) for w in weights], level=0.95)
     populated = (reference < 15.0) & np.all(np.isfinite(interval.values), 0)
     plot_credible_band(
         centers[populated],
@@ -176,6 +191,7 @@ def phi_profiles(
     )
     inside = interval.contains(reference)[populated]
     return {
+        "phi_bins_inside_model_only_band": int(model_only.contains(reference)[populated].sum()),
         "kish_ess_fraction_per_member": kish.round(3).tolist(),
         "phi_bins": int(populated.sum()),
         "phi_bins_inside_band": int(inside.sum()),
@@ -311,13 +327,31 @@ def main() -> None:
         member.load_state_dict(state)
         posterior.append(member)
 
+    # cost benchmark: seconds per posterior sample vs seconds for an ensemble member to first
+    # reach the posterior samples' median validation force MAE
+    val_batches = batches_of(val_set.structures, 32, map_model, DTYPE)
+    target = float(np.median([evaluate(m, val_batches)["forces_mae"] for m in posterior]))
+    report["sgmcmc"].update(
+        validation_force_mae_median=target,
+        seconds_per_sample=sgmcmc_seconds * world / len(samples),
+    )
     start = time.perf_counter()
-    ensemble = []
+    ensemble, reached = [], []
     for member in range(args.ensemble_members):
         model = small_mace(100 + member)
-        fit(model, train_set, val_set, args.ensemble_minutes, args.quiet, seed=member + 1)
+        result = fit(model, train_set, val_set, args.ensemble_minutes, args.quiet, seed=member + 1)
         ensemble.append(model)
-    report["deep_ensemble"] = {"members": len(ensemble), "seconds": time.perf_counter() - start}
+        times = [row["seconds"] for row in result.history if row["forces_mae"] <= target]
+        reached.append(times[0] if times else None)
+    report["deep_ensemble"] = {
+        "members": len(ensemble),
+        "seconds": time.perf_counter() - start,
+        "seconds_to_posterior_validation_mae": reached,
+    }
+    print(
+        f"cost: {report['sgmcmc']['seconds_per_sample']:.0f} s per posterior sample (after the MAP); "
+        f"ensemble members reached its validation force MAE {target:.1f} after {reached} s"
+    )
 
     frames, amber_energies, topology = reference_md(args.reference_frames, seed=4)
     for name, models in (("sgmcmc", posterior), ("deep_ensemble", ensemble)):

@@ -12,6 +12,7 @@ to u_high + log(1 + u − u_high), and non-finite energy gradients are zeroed.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +28,7 @@ from molsamp.flows.coordinates import (
     chirality,
 )
 from molsamp.flows.flow import CouplingSplineFlow, Flow
-from molsamp.flows.reweighting import log_importance_weights
+from molsamp.flows.reweighting import ess_fraction, log_importance_weights
 from molsamp.potentials.base import Potential
 from molsamp.system import System
 from molsamp.units import kT
@@ -63,6 +64,10 @@ def soften_energy(reduced_energy: torch.Tensor, high: float) -> torch.Tensor:
     excess = (safe - high).clamp(min=0.0)
     softened = torch.where(safe > high, high + torch.log1p(excess), safe)
     return torch.where(finite, softened, torch.full_like(softened, high + math.log1p(1e9)))
+
+
+# reverse-KL samples a history row needs before its ESS can select the weights (keep_best)
+MIN_SELECTION_SAMPLES = 1000
 
 
 class BoltzmannGenerator(torch.nn.Module):
@@ -235,9 +240,11 @@ class BoltzmannGenerator(torch.nn.Module):
         terms = soften_energy(u, energy_high) + (log_q_z - log_det).to(u)
         loss = terms[usable].mean() if usable.any() else terms.sum() * 0.0
         finite = torch.isfinite(u.detach())
+        log_q = (log_q_z - log_det).detach().double()
         stats = {
             "mean_energy_kT": float(u.detach()[finite].mean()) if finite.any() else math.inf,
             "excluded": int((~usable).sum()),
+            "log_weights": log_importance_weights(torch.where(usable, -u.detach(), -math.inf), log_q),
         }
         return loss, stats
 
@@ -257,6 +264,7 @@ class BoltzmannGenerator(torch.nn.Module):
         clock: str = "wall",
         log_every: int = 100,
         validation: torch.Tensor | None = None,
+        keep_best: bool = False,
         callback: Callable[[dict], None] | None = None,
     ) -> list[dict]:
         """Adam on (1 − λ)·NLL(data) + λ·KL(q ‖ p) with gradient-norm clipping.
@@ -274,6 +282,14 @@ class BoltzmannGenerator(torch.nn.Module):
         log_every : steps between history rows (dicts with step, nll, kl, λ, wall_s/cpu_s, …)
         validation : (V, N, 3) held-out frames; rows then carry their NLL ("validation_nll"),
             the overfitting signal (training NLL falling while this rises ruins the ESS)
+        keep_best : end with the weights of the best history row instead of the last: the
+            highest Kish ESS fraction of the reverse-KL samples drawn since the previous row
+            ("window_ess", counted once they are ≥ ``MIN_SELECTION_SAMPLES``) when λ > 0, else the lowest ``validation_nll`` (needs
+            ``validation``). Both are measured during training, never on the samples that
+            are reweighted afterwards.
+
+        The learning rate follows a cosine from ``learning_rate`` to 1/20 of it over
+        ``n_steps`` or over ``time_limit_s``, whichever ends first.
         """
         if data.ndim != 3 or data.shape[0] < 2:
             raise ValueError(f"data must be (S, N, 3) frames in nm with S >= 2, got {tuple(data.shape)}")
@@ -281,15 +297,22 @@ class BoltzmannGenerator(torch.nn.Module):
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
         if clock not in ("wall", "cpu"):
             raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
+        uses_kl = callable(kl_weight) or kl_weight > 0
+        if keep_best and validation is None and not uses_kl:
+            raise ValueError("keep_best with kl_weight 0 selects by validation NLL: pass validation frames")
         now = time.perf_counter if clock == "wall" else time.process_time
         weight = kl_weight if callable(kl_weight) else (lambda step: float(kl_weight))
         optimizer = torch.optim.Adam(self.flow.parameters(), lr=learning_rate)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, max(n_steps, 1), eta_min=learning_rate / 20
-        )
         data = data.to(device=self.flow.device, dtype=self.flow.dtype)
         history, start = [], now()
+        window: list[torch.Tensor] = []  # reverse-KL log-weights since the last history row
+        best_score, best_state = -math.inf, None
         for step in range(n_steps):
+            progress = step / max(n_steps, 1)
+            if time_limit_s is not None and time_limit_s > 0:
+                progress = max(progress, (now() - start) / time_limit_s)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate * (0.05 + 0.475 * (1 + math.cos(math.pi * min(progress, 1.0))))
             lam = weight(step)
             if not 0.0 <= lam <= 1.0:
                 raise ValueError(f"kl_weight must be in [0, 1], got {lam} at step {step}")
@@ -303,13 +326,13 @@ class BoltzmannGenerator(torch.nn.Module):
             stats: dict = {}
             if lam > 0.0:
                 kl, stats = self.kl_loss(kl_batch_size, generator, energy_high)
+                window.append(stats.pop("log_weights"))
                 loss = loss + lam * kl.to(loss)
             optimizer.zero_grad()
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), clip_norm)
             if torch.isfinite(norm):
                 optimizer.step()
-            scheduler.step()
             elapsed = now() - start
             last = step == n_steps - 1 or (time_limit_s is not None and elapsed > time_limit_s)
             if step % log_every == 0 or last:
@@ -318,18 +341,32 @@ class BoltzmannGenerator(torch.nn.Module):
                     "nll": float(nll.detach()),
                     "kl_weight": lam,
                     "grad_norm": float(norm),
+                    "learning_rate": optimizer.param_groups[0]["lr"],
                     f"{clock}_s": elapsed,
                     **stats,
                 }
                 if lam > 0.0:
                     row["kl"] = float(kl.detach())
+                eligible = True
+                if window:
+                    pooled = torch.cat(window)
+                    row["window_ess"] = ess_fraction(pooled)
+                    # Kish ESS of a few hundred heavy-tailed weights reads far too high
+                    eligible = pooled.numel() >= MIN_SELECTION_SAMPLES
+                    window = []
                 if validation is not None:
                     with torch.no_grad():
                         held_out = validation.to(device=self.flow.device, dtype=self.flow.dtype)
                         row["validation_nll"] = float(self.ml_loss(held_out))
+                score = row.get("window_ess") if uses_kl else -row.get("validation_nll", math.inf)
+                if keep_best and eligible and score is not None and score > best_score:
+                    best_score, best_state = score, copy.deepcopy(self.flow.state_dict())
+                    row["kept"] = True
                 history.append(row)
                 if callback is not None:
                     callback(row)
             if last:
                 break
+        if best_state is not None:
+            self.flow.load_state_dict(best_state)
         return history

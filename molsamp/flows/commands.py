@@ -109,20 +109,31 @@ def train_and_report(
     bg = BoltzmannGenerator.build(system, potential, frames, args.temperature, generator)
     budget = 60.0 * args.flow_minutes
     start = time.perf_counter()
+    # a later stretch of the trajectory is held out: the ML phase keeps its best held-out
+    # likelihood, the mixed phase the weights whose reverse-KL samples had the best ESS
+    held_out = max(2, frames.shape[0] // 10)
+    fit_frames, validation = frames[:-held_out], frames[-held_out:]
     history = bg.train(
-        frames, generator, n_steps=10**9, time_limit_s=args.ml_fraction * budget, log_every=100
+        fit_frames,
+        generator,
+        n_steps=10**9,
+        time_limit_s=args.ml_fraction * budget,
+        log_every=100,
+        validation=validation,
+        keep_best=True,
     )
     steps = history[-1]["step"] + 1
     remaining = budget - (time.perf_counter() - start)
     if args.kl_weight > 0 and remaining > 0:
         mixed = bg.train(
-            frames,
+            fit_frames,
             generator,
             n_steps=10**9,
             kl_weight=args.kl_weight,
             learning_rate=3e-4,
             time_limit_s=remaining,
-            log_every=50,
+            log_every=25,
+            keep_best=True,
         )
         history += mixed
         steps += mixed[-1]["step"] + 1

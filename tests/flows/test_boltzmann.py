@@ -141,3 +141,28 @@ def test_clashing_alanine_geometries_get_weight_zero_never_nan(alanine_frames, a
     # a tiny but non-zero distance gives a huge finite energy: weight underflows to 0 relative to normal frames
     normal_w = log_importance_weights(-bg.reduced_energy(frames[:4]), bg.log_prob(frames[:4]).double())
     assert (log_w[1] < normal_w.max() - 1e3) or torch.isneginf(log_w[1])
+
+
+def test_keep_best_ends_with_the_selected_weights_and_the_learning_rate_decays():
+    bg, frames = chain_generator(dtype=torch.float32)
+    validation = rough_frames(200, seed=12)
+    history = bg.train(
+        frames,
+        torch.Generator().manual_seed(3),
+        n_steps=60,
+        batch_size=64,
+        learning_rate=2e-2,  # large enough that the last step is rarely the best
+        validation=validation,
+        keep_best=True,
+        log_every=5,
+    )
+    kept = [row for row in history if row.get("kept")]
+    best = min(row["validation_nll"] for row in history)
+    assert kept[-1]["validation_nll"] == best and kept[-1] is not history[-1]  # restored, not last
+    with torch.no_grad():
+        assert float(bg.ml_loss(validation.float())) == pytest.approx(best, abs=1e-4)
+    rates = [row["learning_rate"] for row in history]
+    assert rates[0] == pytest.approx(2e-2) and rates[-1] < 0.1 * rates[0]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    with pytest.raises(ValueError, match="pass validation frames"):
+        bg.train(frames, torch.Generator().manual_seed(3), n_steps=1, keep_best=True)
