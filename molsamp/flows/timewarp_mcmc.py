@@ -324,12 +324,12 @@ def timewarp_mcmc(
     chains = [np.concatenate(r) if r else current[w][None] for w, r in enumerate(records)]
     length = min(len(c) for c in chains)
     observables = np.stack([c[:length] for c in chains], 1)
-    if length >= 4:
-        tau = np.array(
-            [integrated_autocorrelation_time(observables[:, :, j]) for j in range(observables.shape[2])]
-        )
-    else:
-        tau = np.full(observables.shape[2], math.inf)
+    tau = np.full(observables.shape[2], math.inf)
+    for j in range(observables.shape[2]):
+        # walkers that never moved hold one sample each, not T: the mean's rounding residue
+        # would otherwise give τ ≈ T and ESS = B
+        if length >= 4 and np.ptp(observables[:, :, j], axis=0).max() > 0:
+            tau[j] = integrated_autocorrelation_time(observables[:, :, j])
     ess = observables.shape[0] * observables.shape[1] / tau
     return TimewarpResult(
         observables=observables,

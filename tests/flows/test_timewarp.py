@@ -266,6 +266,11 @@ def test_chirality_flips_are_rejected(alanine):
     step = move.apply(x, u, torch.Generator().manual_seed(0))
     assert not step.accepted.any() and (step.repeats == 4).all()
     torch.testing.assert_close(step.positions, x)
+    # a chain that never moves has no effective samples (not one per walker)
+    chain = timewarp_mcmc(
+        State(x, torch.zeros_like(x)), move, 4, torch.Generator().manual_seed(1), lambda p: p[:, :2, 0]
+    )
+    assert chain.acceptance_rate == 0.0 and (chain.ess == 0).all() and chain.observables.shape[0] == 16
     # without the chirality check the same mirror moves would be accepted half the time
     unchecked = TimewarpMove(MirrorProposal(), system, potential, 300.0, n_proposals=4, chiral_centres=[])
     step = unchecked.apply(x, unchecked.reduced_energy(x), torch.Generator().manual_seed(0))
@@ -331,3 +336,28 @@ def test_maximum_likelihood_learns_a_known_transition_density(tmp_path):
         transition_pairs(x0[None], 0)
     pairs = transition_pairs(torch.arange(5.0)[:, None, None].expand(5, 1, 3), 2)
     assert pairs[0][:, 0, 0].tolist() == [0, 1, 2] and pairs[1][:, 0, 0].tolist() == [2, 3, 4]
+
+
+def test_acceptance_fine_tuning_raises_acceptance():
+    """The acceptance loss (with entropy bonus) repairs a far too wide proposal in a few steps."""
+    from molsamp.flows.timewarp_mcmc import fine_tune_acceptance
+
+    potential = DoubleWell(BARRIER, MINIMUM, K_PERP)
+    flow = random_flow(20, 0.0, position_scale=0.3)  # steps 3× the well width
+    move = TimewarpMove(flow, one_atom(), potential, TEMPERATURE)
+    g = torch.Generator().manual_seed(21)
+    x0 = 0.05 * torch.randn(512, 1, 3, generator=g, dtype=torch.float64)
+    x0[:, 0, 0] += torch.where(torch.rand(512, generator=g) < 0.5, -MINIMUM, MINIMUM).double()
+    x1 = x0 + 0.05 * torch.randn(512, 1, 3, generator=g, dtype=torch.float64)
+
+    def acceptance():
+        step = move.apply(x0, move.reduced_energy(x0), torch.Generator().manual_seed(22))
+        return float(step.accepted.float().mean())
+
+    before = acceptance()
+    history = fine_tune_acceptance(
+        move, x0, x1, g, n_steps=60, batch_size=64, learning_rate=1e-2, log_every=59
+    )
+    after = acceptance()
+    assert after > before + 0.15, (before, after)
+    assert history[-1]["mean_acceptance"] > history[0]["mean_acceptance"]
