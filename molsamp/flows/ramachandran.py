@@ -3,7 +3,6 @@ alanine example write (ESS, reweighted free energies, JS/KL with a noise floor, 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -229,27 +228,26 @@ def compare_chain_to_reference(
     Reports JS and KL(reference ‖ chain) of ``bins``² histograms (pseudocount 1, the chain's
     histogram as effective counts: probabilities × its ESS), the reference's half-vs-half
     floor, basin fractions, and ΔF = F_b − F_a (kJ/mol) per pair with moving-block bootstrap
-    errors (blocks of ~5 τ of the αR indicator, each walker's chain kept contiguous); None
+    errors (chain: blocks of ~5 effective τ from the conservative multi-walker ESS of the
+    slowest CV, each walker's chain contiguous; reference: ~5 τ of its αR indicator); None
     where a basin holds no sample. With ``output``, a side-by-side PNG.
     """
+    from molsamp.flows.timewarp_mcmc import multichain_ess
+
+    n_steps, n_walkers = chain_angles.shape[:2]
     flat = np.ascontiguousarray(np.swapaxes(chain_angles, 0, 1)).reshape(-1, 2)
     chain_cvs = collective_variables(chain_angles)
-    chain_ess_value, _ = chain_ess(chain_cvs) if chain_angles.shape[0] >= 4 else (1.0, [math.inf])
+    chain_ess_value = min(multichain_ess(chain_cvs[:, :, k]) for k in range(chain_cvs.shape[2]))
     probabilities = effective_counts(flat, None, bins) / len(flat)
     chain_counts = probabilities * max(chain_ess_value, 1.0)
     reference_counts = effective_counts(reference_angles, None, bins)
-
-    def block(angles: np.ndarray, n_walkers: int = 1) -> int:
-        alpha = ALANINE_BASINS["alphaR"].contains(*angles.T).astype(float)
-        per_walker = alpha.reshape(n_walkers, -1).T
-        tau = (
-            integrated_autocorrelation_time(per_walker)
-            if alpha.std() > 0 and per_walker.shape[0] >= 4
-            else 1.0
-        )
-        return int(min(max(1, 5 * tau), max(1, len(alpha) // 10)))
-
-    chain_block, reference_block = block(flat, chain_angles.shape[1]), block(reference_angles)
+    # blocks of ~5 effective autocorrelation times, at most one walker's whole chain (walkers
+    # that stay near their start are then resampled as units)
+    tau_effective = n_steps * n_walkers / chain_ess_value if chain_ess_value > 0 else n_steps
+    chain_block = int(min(n_steps, max(1, 5 * tau_effective)))
+    alpha = ALANINE_BASINS["alphaR"].contains(*reference_angles.T).astype(float)
+    tau = integrated_autocorrelation_time(alpha) if alpha.std() > 0 and len(alpha) >= 4 else 1.0
+    reference_block = int(min(max(1, 5 * tau), max(1, len(alpha) // 10)))
     results = {
         "chain_samples": int(len(flat)),
         "chain_slowest_cv_ess": float(chain_ess_value),

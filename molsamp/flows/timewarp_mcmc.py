@@ -213,8 +213,8 @@ class TimewarpResult:
     acceptance_rate : accepted / MH steps (repeats counted as rejected steps)
     proposals_evaluated : flow proposals whose energy was computed (discarded ones included)
     n_energy_evaluations : reference-energy evaluations (proposals + Langevin steps)
-    tau : (K,) integrated autocorrelation times, in chain steps
-    ess : (K,) effective samples T·B / τ
+    tau : (K,) effective autocorrelation times T·B / ESS, in chain steps
+    ess : (K,) effective samples, :func:`multichain_ess` (conservative for stuck walkers)
     wall_s : wall time of the chain, s
     ess_per_second : (K,) ess / wall_s
     state : final State
@@ -324,13 +324,9 @@ def timewarp_mcmc(
     chains = [np.concatenate(r) if r else current[w][None] for w, r in enumerate(records)]
     length = min(len(c) for c in chains)
     observables = np.stack([c[:length] for c in chains], 1)
-    tau = np.full(observables.shape[2], math.inf)
-    for j in range(observables.shape[2]):
-        # walkers that never moved hold one sample each, not T: the mean's rounding residue
-        # would otherwise give τ ≈ T and ESS = B
-        if length >= 4 and np.ptp(observables[:, :, j], axis=0).max() > 0:
-            tau[j] = integrated_autocorrelation_time(observables[:, :, j])
-    ess = observables.shape[0] * observables.shape[1] / tau
+    ess = np.array([multichain_ess(observables[:, :, j]) for j in range(observables.shape[2])])
+    with np.errstate(divide="ignore"):
+        tau = observables.shape[0] * observables.shape[1] / ess
     return TimewarpResult(
         observables=observables,
         acceptance_rate=accepted / max(mh_steps, 1),
@@ -343,6 +339,28 @@ def timewarp_mcmc(
         state=state.replace(positions=positions.to(state.positions)),
         biased=move.explore,
     )
+
+
+def multichain_ess(series: np.ndarray) -> float:
+    """Effective samples of (T, B) walkers: T·B/τ_int (autocorrelation about each walker's own
+    mean), replaced by B·Var(all)/Var(walker means) (between-walker spread) when that is less
+    than half of it.
+
+    The first alone counts walkers that stay near their (different) starting points as T/τ
+    samples each; the second catches that, provided the walkers started independently (e.g.
+    from MD frames). Walkers that never moved give 0.
+    """
+    x = np.asarray(series, dtype=np.float64)
+    t, b = x.shape
+    if t < 4 or np.ptp(x, axis=0).max() == 0:  # never moved: no information beyond the start
+        return 0.0
+    ess = t * b / integrated_autocorrelation_time(x)
+    if b > 1:
+        spread = x.mean(0).var(ddof=1)
+        between = b * x.var() / spread if spread > 0 else math.inf
+        if between < 0.5 * ess:  # closer values are within its noise (±40 % for 16 walkers)
+            ess = between
+    return float(ess)
 
 
 def acceptance_loss(
@@ -439,5 +457,6 @@ __all__ = [
     "acceptance_loss",
     "fine_tune_acceptance",
     "log_mh_ratio",
+    "multichain_ess",
     "timewarp_mcmc",
 ]

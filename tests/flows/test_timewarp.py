@@ -4,6 +4,7 @@ chirality flips, and training on MD pairs raises acceptance."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -361,3 +362,15 @@ def test_acceptance_fine_tuning_raises_acceptance():
     after = acceptance()
     assert after > before + 0.15, (before, after)
     assert history[-1]["mean_acceptance"] > history[0]["mean_acceptance"]
+
+
+def test_multichain_ess_counts_stuck_walkers_once():
+    from molsamp.flows.timewarp_mcmc import multichain_ess
+
+    g = np.random.default_rng(0)
+    mixed = g.normal(size=(2000, 16))
+    assert 0.8 * 32000 < multichain_ess(mixed) <= 32000 * 1.2
+    # walkers jiggling around different starting values: ~one sample per walker, not T/τ each
+    stuck = g.normal(size=(1, 16)) + 0.01 * g.normal(size=(2000, 16))
+    assert multichain_ess(stuck) < 40
+    assert multichain_ess(np.ones((100, 4))) == 0.0
