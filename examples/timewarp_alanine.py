@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from molsamp.flows.ramachandran import md_frames
+from molsamp.flows.ramachandran import md_frames, phi_psi
 from molsamp.flows.timewarp import TimewarpFlow, align, save_timewarp, transition_pairs
 from molsamp.flows.timewarp_commands import chain_report, print_timewarp_report, run_chain, train_on_frames
 from molsamp.flows.timewarp_mcmc import TimewarpMove, fine_tune_acceptance
@@ -134,9 +134,11 @@ def main(argv=None) -> dict:
         )
     training_s = time.perf_counter() - start
     save_timewarp(flow, out / "timewarp.pt")
-    report.update(
-        training_s=training_s, training_steps=history[-1]["step"] + 1, lag_frames=lag, history=history
-    )
+    steps = {"likelihood": 0, "fine_tune": 0}
+    for row in history:  # each phase's step counter restarts at 0
+        phase = "fine_tune" if "acceptance_loss" in row else "likelihood"
+        steps[phase] = max(steps[phase], row["step"] + 1)
+    report.update(training_s=training_s, training_steps=steps, lag_frames=lag, history=history)
 
     result = run_chain(
         flow,
@@ -152,6 +154,7 @@ def main(argv=None) -> dict:
         callback=show,
     )
     np.save(out / "chain_phi_psi.npy", result.observables[:, :, :2])
+    np.save(out / "reference_phi_psi.npy", phi_psi(reference, system.topology))
     report["alanine"] = chain_report(
         result,
         reference,

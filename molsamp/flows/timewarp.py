@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from molsamp.flows.flow import _initialise as initialise_linear_layers
 from molsamp.system import System
 
 MAX_ELEMENT = 119
@@ -315,19 +316,13 @@ class TimewarpFlow(nn.Module):
 
 
 def _initialise(module: nn.Module, generator: torch.Generator) -> None:
-    """Every weight drawn from ``generator`` (never the global RNG): linear layers ±1/√fan_in,
-    embeddings N(0, 1), output heads zero (the flow starts as the Gaussian random walk)."""
+    """Every weight drawn from ``generator`` (never the global RNG): linear layers ±1/√fan_in
+    and zero output heads as in the spline flows (so the flow starts as the Gaussian random
+    walk), embeddings N(0, 1)."""
+    initialise_linear_layers(module, generator)
     with torch.no_grad():
-        for name, sub in module.named_modules():
-            if isinstance(sub, nn.Linear):
-                if name.endswith("head"):
-                    sub.weight.zero_()
-                    sub.bias.zero_()
-                    continue
-                bound = 1.0 / math.sqrt(sub.in_features)
-                sub.weight.uniform_(-bound, bound, generator=generator)
-                sub.bias.uniform_(-bound, bound, generator=generator)
-            elif isinstance(sub, nn.Embedding):
+        for sub in module.modules():
+            if isinstance(sub, nn.Embedding):
                 sub.weight.normal_(0.0, 1.0, generator=generator)
 
 
@@ -386,9 +381,14 @@ def train_timewarp(
     log_every: int = 100,
     validation: tuple[torch.Tensor, torch.Tensor] | None = None,
     callback: Callable[[dict], None] | None = None,
+    auxiliary: tuple[str, float, Callable] | None = None,
 ) -> list[dict]:
     """Maximum likelihood of pairs: minimise −log p(x(t+τ), v | x(t)) with v ~ N(0, I) drawn
     afresh for every batch and every pair rotated at random (Adam, cosine decay, clipping).
+
+    ``auxiliary`` = (name, weight, f): adds weight·f(x(t) batch, generator) / N to the loss,
+    f returning (loss, stats dict); rows then carry ``name`` and the stats (used by
+    :func:`molsamp.flows.timewarp_mcmc.fine_tune_acceptance`).
 
     Parameters
     ----------
@@ -416,8 +416,13 @@ def train_timewarp(
         a, b = augment(x0[index], x1[index], system.masses, generator)
         v = torch.randn(a.shape, generator=generator, dtype=flow.dtype).to(flow.device)
         nll = -flow.log_prob(b, v, a, system).mean() / n_atoms
+        loss, stats = nll, {}
+        if auxiliary is not None:
+            extra, stats = auxiliary[2](a, generator)
+            stats = {auxiliary[0]: float(extra.detach()), **stats}
+            loss = nll + auxiliary[1] * extra.to(nll) / n_atoms
         optimizer.zero_grad()
-        nll.backward()
+        loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_norm)
         if torch.isfinite(norm):
             optimizer.step()
@@ -429,6 +434,7 @@ def train_timewarp(
                 "nll_per_atom": float(nll.detach()),
                 "grad_norm": float(norm),
                 "wall_s": elapsed,
+                **stats,
             }
             if validation is not None:
                 row["validation_nll_per_atom"] = validation_nll(flow, system, *validation, generator)
