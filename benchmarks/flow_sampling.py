@@ -23,27 +23,13 @@ import torch
 
 from molsamp.flows.boltzmann import BoltzmannGenerator
 from molsamp.flows.mcmc import IndependenceMetropolis, flow_mcmc
-from molsamp.flows.ramachandran import phi_psi
-from molsamp.flows.reweighting import ALANINE_BASINS, kish_ess
+from molsamp.flows.ramachandran import chain_ess, collective_variables, phi_psi
+from molsamp.flows.reweighting import kish_ess
 from molsamp.integrators import LangevinBAOAB, simulate
 from molsamp.system import State
 from molsamp.systems import alanine_dipeptide
-from molsamp.testing import integrated_autocorrelation_time
 
 TEMPERATURE = 300.0
-
-
-def collective_variables(angles: np.ndarray) -> np.ndarray:
-    """(..., 3): αR indicator, cos φ, cos ψ of (..., 2) φ/ψ angles."""
-    alpha = ALANINE_BASINS["alphaR"].contains(angles[..., 0].ravel(), angles[..., 1].ravel())
-    alpha = alpha.reshape(angles.shape[:-1]).astype(float)
-    return np.stack([alpha, np.cos(angles[..., 0]), np.cos(angles[..., 1])], -1)
-
-
-def chain_ess(cvs: np.ndarray) -> tuple[float, list[float]]:
-    """cvs (T, B, K) → (ESS of the slowest CV, τ of each CV in records)."""
-    taus = [integrated_autocorrelation_time(cvs[:, :, k]) for k in range(cvs.shape[2])]
-    return cvs.shape[0] * cvs.shape[1] / max(taus), taus
 
 
 def row(name: str, ess: float, evaluations: int, cpu_s: float, **extra) -> dict:

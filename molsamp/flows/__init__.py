@@ -1,5 +1,5 @@
-"""Learned proposals: internal coordinates, spline flows, Boltzmann generators, flow-MCMC and
-importance reweighting."""
+"""Learned proposals: internal coordinates, spline flows, Boltzmann generators, flow-MCMC,
+Timewarp (learned large time steps accepted by Metropolis–Hastings) and importance reweighting."""
 
 from molsamp.flows.boltzmann import BoltzmannGenerator, FlowSamples, soften_energy
 from molsamp.flows.coordinates import InternalCoordinates, NormalizedInternal, ZMatrix
@@ -20,6 +20,8 @@ from molsamp.flows.reweighting import (
     weighted_histogram,
     weighted_mean,
 )
+from molsamp.flows.timewarp import TimewarpConfig, TimewarpFlow, train_timewarp, transition_pairs
+from molsamp.flows.timewarp_mcmc import TimewarpMove, TimewarpResult, timewarp_mcmc
 
 __all__ = [
     "ALANINE_BASINS",
@@ -33,6 +35,10 @@ __all__ = [
     "IndependenceMetropolis",
     "InternalCoordinates",
     "NormalizedInternal",
+    "TimewarpConfig",
+    "TimewarpFlow",
+    "TimewarpMove",
+    "TimewarpResult",
     "ZMatrix",
     "basin_free_energy_difference",
     "ess_fraction",
@@ -44,6 +50,9 @@ __all__ = [
     "kl_divergence",
     "log_importance_weights",
     "soften_energy",
+    "timewarp_mcmc",
+    "train_timewarp",
+    "transition_pairs",
     "weighted_histogram",
     "weighted_mean",
 ]

@@ -48,7 +48,15 @@ def add_flow_arguments(
 
 def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     sample = commands.add_parser(
-        "sample", help="train a Boltzmann generator on a trajectory and write reweighted φ/ψ results"
+        "sample",
+        help="train a Boltzmann generator (or Timewarp proposals) on a trajectory and write φ/ψ results",
+    )
+    sample.add_argument(
+        "--method",
+        choices=["boltzmann", "timewarp"],
+        default="boltzmann",
+        help="boltzmann: reweighted flow samples; timewarp: learned large time steps in an MH chain "
+        "(the trajectory's frames must be evenly spaced in time)",
     )
     sample.add_argument(
         "--trajectory", type=Path, required=True, help="MD trajectory (dcd, xtc, h5) or .npy (S, N, 3) nm"
@@ -69,6 +77,9 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--output", type=Path, default=Path("molsamp-sample"), help="output folder")
     add_flow_arguments(sample, train_minutes=5.0, samples=20_000)
+    from molsamp.flows.timewarp_commands import add_timewarp_arguments
+
+    add_timewarp_arguments(sample)
 
 
 def _load_frames(path: Path, topology_pdb: Path) -> torch.Tensor:
@@ -207,6 +218,11 @@ def run_sample(args: argparse.Namespace) -> None:
         raise ValueError(
             f"--trajectory has {frames.shape[1]} atoms but the system has {system.n_atoms}; check --pdb"
         )
+    if args.method == "timewarp":
+        from molsamp.flows.timewarp_commands import run_timewarp_sample
+
+        run_timewarp_sample(args, system, potential, frames, reference)
+        return
     results = train_and_report(
         system, potential, frames, reference, args, (("beta", "alphaR"), *DEMO_BASIN_PAIRS)
     )

@@ -1,6 +1,12 @@
 """Builders returning ``(System, State, reference Potential)`` for systems with known answers."""
 
-from molsamp.systems.openmm_builder import alanine_dipeptide, from_pdb, shipped_pdb
+from molsamp.systems.openmm_builder import (
+    alanine_dipeptide,
+    from_pdb,
+    from_topology,
+    glycine_dipeptide,
+    shipped_pdb,
+)
 from molsamp.systems.toy import double_well, harmonic_oscillator, lennard_jones_fluid
 
 BUILDERS = {
@@ -17,5 +23,7 @@ __all__ = [
     "lennard_jones_fluid",
     "alanine_dipeptide",
     "from_pdb",
+    "from_topology",
+    "glycine_dipeptide",
     "shipped_pdb",
 ]
