@@ -26,6 +26,28 @@ _MAX_Z = 118
 _W3J_BUFFER = re.compile(r"_w3j_(\d+)_(\d+)_(\d+)$")  # e3nn tensor-product constants
 
 
+def refresh_exact_constants(root: torch.nn.Module) -> None:
+    """Rewrite Clebsch–Gordan constants of ``root``'s modules from float64 originals in the
+    buffers' dtype.
+
+    e3nn modules build them in the default dtype (float32); casting those to float64 would
+    leave 1e-7 errors and break exact equivariance in float64. Call after changing dtype
+    or loading a state dict (every e3nn-based model in molsamp does).
+    """
+    with torch.no_grad():
+        for module in root.modules():
+            exact = module.exact_buffers() if hasattr(module, "exact_buffers") else {}
+            for name, buffer in module.named_buffers(recurse=False):
+                match = _W3J_BUFFER.match(name)
+                if match:
+                    value = o3.wigner_3j(*map(int, match.groups()), dtype=torch.float64)
+                elif name in exact:
+                    value = exact[name]
+                else:
+                    continue
+                buffer.copy_(value.to(buffer.dtype))
+
+
 class GraphPotential(Potential):
     """Shared machinery of MACE and TensorNet; subclasses implement ``_atom_energies``.
 
@@ -77,23 +99,7 @@ class GraphPotential(Potential):
         return out
 
     def _refresh_constants(self) -> None:
-        """Rewrite Clebsch–Gordan constants from float64 originals in the buffers' dtype.
-
-        Modules build them in the default dtype (float32); casting those to float64 would
-        leave 1e-7 errors and break exact equivariance in float64.
-        """
-        with torch.no_grad():
-            for module in self.modules():
-                exact = module.exact_buffers() if hasattr(module, "exact_buffers") else {}
-                for name, buffer in module.named_buffers(recurse=False):
-                    match = _W3J_BUFFER.match(name)
-                    if match:
-                        value = o3.wigner_3j(*map(int, match.groups()), dtype=torch.float64)
-                    elif name in exact:
-                        value = exact[name]
-                    else:
-                        continue
-                    buffer.copy_(value.to(buffer.dtype))
+        refresh_exact_constants(self)
 
     # ----------------------------------------------------------------- bookkeeping
     @property
