@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
-from md_speed import median_rates  # benchmarks/ is on sys.path when this script runs
 
 from molsamp.flows.trajcast import TrajCast, load_forecaster, recipes, rollout
 from molsamp.integrators import LangevinBAOAB, VelocityVerlet, simulate
 from molsamp.potentials import MACE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from md_speed import median_rates  # noqa: E402  (the round-robin timer of benchmarks/md_speed.py)
 
 INTERVAL_STEPS = 10
 
@@ -103,14 +106,14 @@ def runners(name: str, model: TrajCast, n_forecast: int) -> tuple[dict, dict]:
     return runs, {"ps_per_step": ps_per_step, **sizes}
 
 
-def main() -> None:
+def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, help="output folder of examples/trajcast_forecast.py")
     parser.add_argument("--forecast-steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    report = {}
+    report, results = {}, {}
     if args.models is not None and (args.models / "report.json").is_file():
         report = json.loads((args.models / "report.json").read_text())
     for name, key in (("lennard_jones_fluid", "lennard_jones"), ("alanine_dipeptide", "alanine_dipeptide")):
@@ -119,6 +122,7 @@ def main() -> None:
         rates = median_rates(runs, args.repeats)  # steps/s
         ps = {k: rates[k] * info["ps_per_step"][k] for k in rates}
         settings = recipes.recipe(name)
+        results[name] = {"ps_per_s": ps, "interval_multiple": INTERVAL_STEPS, **info}
         print(
             f"== {name}: forecast interval {model.interval * 1000:g} fs = {INTERVAL_STEPS} x MD step "
             f"{settings.timestep * 1000:g} fs; forecaster {info['forecaster_parameters']} parameters, "
@@ -146,6 +150,7 @@ def main() -> None:
                     f"{r['kinetic_forecast']['temperature_mean_K']:.1f} K, stable {r['rollout']['stable']}"
                 )
         print()
+    return results
 
 
 if __name__ == "__main__":

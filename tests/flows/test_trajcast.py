@@ -304,3 +304,29 @@ def test_trajectory_data_windows_do_not_cross_segments():
     assert len(windows) == 2 * 4 and int(windows[:, 1].max()) + 6 <= 9
     with pytest.raises(ValueError, match="too short"):
         data.windows(lag=5, rollout_steps=2)
+
+
+def test_cli_forecast_train_then_rollout(tmp_path, capsys):
+    from molsamp.cli import main
+
+    model_dir, roll_dir = tmp_path / "model", tmp_path / "roll"
+    args = [
+        "forecast",
+        "train",
+        "--system",
+        "alanine_dipeptide",
+        "--output",
+        str(model_dir),
+        "--minutes",
+        "0.03",
+    ]
+    args += ["--md-ps", "1", "--walkers", "1", "--channels", "4", "--quiet"]
+    assert main(args) == 0
+    assert (model_dir / "model.pt").is_file() and (model_dir / "training.json").is_file()
+    args = ["forecast", "rollout", "--model", str(model_dir / "model.pt"), "--steps", "20"]
+    args += ["--report-interval", "5", "--output", str(roll_dir), "--quiet"]
+    assert main(args) == 0
+    rows = np.loadtxt(roll_dir / "energies.csv", delimiter=",", skiprows=1)
+    assert rows.shape == (4, 6) and np.isfinite(rows[:, 2]).all()  # Amber energies of forecast frames
+    assert "forecast 20 steps of 0.01 ps" in capsys.readouterr().out
+    assert main(["forecast", "rollout", "--model", str(tmp_path / "missing.pt")]) == 2

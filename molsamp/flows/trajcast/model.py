@@ -18,7 +18,6 @@ network's targets are O(1) whatever the system. Units: nm, ps, amu.
 from __future__ import annotations
 
 import json
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,12 +27,12 @@ from e3nn import o3
 import molsamp
 from molsamp.flows.trajcast.physics import conserve
 from molsamp.potentials.blocks import RadialEmbedding
-from molsamp.potentials.graph import refresh_exact_constants
+from molsamp.potentials.graph import _MAX_Z, element_indices, element_lookup, refresh_exact_constants
 from molsamp.potentials.mace import MACELayer
 from molsamp.potentials.neighbors import edge_vectors, neighbor_pairs
+from molsamp.potentials.serialization import load_plain_data, save_plain_data
 
 FORMAT = "molsamp-trajcast-1"
-_MAX_Z = 118
 
 
 class TrajCast(torch.nn.Module):
@@ -103,9 +102,7 @@ class TrajCast(torch.nn.Module):
             "radial_mlp": [int(w) for w in radial_mlp],
         }
         n_el = len(elements)
-        lookup = torch.full((_MAX_Z + 1,), -1, dtype=torch.int64)
-        lookup[elements] = torch.arange(n_el)
-        self.register_buffer("_species_of_z", lookup, persistent=False)
+        self.register_buffer("_species_of_z", element_lookup(elements), persistent=False)
         default = torch.get_default_dtype()
         for name in ("displacement_scale", "velocity_scale", "input_velocity_scale"):
             self.register_buffer(name, torch.ones(n_el, dtype=default))
@@ -159,16 +156,7 @@ class TrajCast(torch.nn.Module):
 
     def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """Element index per atom; raises for elements the model does not know."""
-        z = torch.as_tensor(atomic_numbers, dtype=torch.int64, device=self._species_of_z.device)
-        if z.numel() and (z.min() < 0 or z.max() > _MAX_Z):
-            raise ValueError(f"atomic numbers must be 0…{_MAX_Z}, got {z.unique().tolist()}")
-        s = self._species_of_z[z]
-        if (s < 0).any():
-            raise ValueError(
-                f"atomic numbers {sorted(set(z[s < 0].tolist()))} are not among the model's elements "
-                f"{self.elements}; build the model with elements that include them"
-            )
-        return s
+        return element_indices(self._species_of_z, self.elements, atomic_numbers)
 
     # ------------------------------------------------------------------ network
     def _residuals(self, species, velocities, edge_index, vectors) -> torch.Tensor:
@@ -273,28 +261,18 @@ def save_forecaster(model: TrajCast, path: str | Path, metadata: dict | None = N
         "dtype": str(model.dtype).removeprefix("torch."),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    partial.replace(path)
-    return path
+    return save_plain_data(payload, path)
 
 
 def load_forecaster(path: str | Path, device: torch.device | str = "cpu") -> tuple[TrajCast, dict]:
     """(model, metadata) from a file of :func:`save_forecaster`, read with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no forecaster file at {path}; check the path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(f"refusing to load {path}: not a plain-data molsamp forecaster ({error})") from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a molsamp TrajCast file (expected format {FORMAT!r})")
-    hyper = json.loads(payload["hyperparameters"])
-    model = TrajCast(
-        hyper.pop("elements"), hyper.pop("interval"), **hyper, dtype=getattr(torch, payload["dtype"])
+    payload = load_plain_data(
+        path, FORMAT, "molsamp TrajCast forecaster", "molsamp.flows.trajcast.save_forecaster"
     )
+    dtype = {"float32": torch.float32, "float64": torch.float64}.get(payload.get("dtype"))
+    if dtype is None:
+        raise ValueError(f"{path}: dtype must be float32 or float64, got {payload.get('dtype')!r}")
+    hyper = json.loads(payload["hyperparameters"])
+    model = TrajCast(hyper.pop("elements"), hyper.pop("interval"), **hyper, dtype=dtype)
     model.load_state_dict(payload["state_dict"])
     return model.to(device), json.loads(payload["metadata"])
