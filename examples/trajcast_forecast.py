@@ -67,6 +67,13 @@ def internal_kinetic(
     return torch.stack(out).numpy()
 
 
+def energies(potential, frames, cell=None, chunk: int = 50) -> np.ndarray:
+    """Reference potential energy (kJ/mol) of (F, N, 3) frames, in chunks of ``chunk``."""
+    frames = torch.as_tensor(np.asarray(frames), dtype=torch.float64)
+    with torch.no_grad():
+        return torch.cat([potential.energy(part, cell) for part in frames.split(chunk)]).numpy()
+
+
 def plot_kinetic(samples: dict[str, np.ndarray], n_dof: int, temperature: float, path: Path) -> str:
     from scipy import stats
 
