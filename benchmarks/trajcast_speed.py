@@ -41,7 +41,7 @@ def forecaster_for(name: str, models: Path | None) -> TrajCast:
     system, _, _ = recipes.build(name)
     return TrajCast(
         system.atomic_numbers.unique().tolist(), INTERVAL_STEPS * settings.timestep, r_max=settings.r_max,
-        dtype=torch.float32,
+        max_ell=settings.max_ell, dtype=torch.float32,
     )  # fmt: skip
 
 

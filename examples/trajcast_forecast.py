@@ -38,10 +38,12 @@ from molsamp.flows.trajcast.observables import (
     unwrap,
     velocity_autocorrelation,
 )
+from molsamp.integrators import SimulationExploded
 from molsamp.io import CSVReporter, TrajectoryReporter
 from molsamp.units import BOLTZMANN_KJ_PER_MOL_K
 
 INTERVAL_STEPS = 10
+THERMOSTAT_PS = 0.5  # Bussi time constant of the forecast and of the fluid's reference MD
 
 
 def _plt():
@@ -93,6 +95,8 @@ def plot_kinetic(samples: dict[str, np.ndarray], n_dof: int, temperature: float,
 
 
 def timed_rollout(model, system, state, n_steps, potential, out: Path, temperature, seed, record_every=1):
+    """Roll out with CSV/DCD reporters and an in-memory recorder. Returns (final state or None
+    if the run exploded, positions (F, B, N, 3), velocities, wall seconds, step of explosion)."""
     recorder = FrameRecorder(record_every)
     reporters = [
         recorder,
@@ -100,12 +104,17 @@ def timed_rollout(model, system, state, n_steps, potential, out: Path, temperatu
         TrajectoryReporter(out / "forecast_trajectory.dcd", 100, system.topology),
     ]
     start = time.perf_counter()
-    final = rollout(
-        model, system, state, n_steps, temperature=temperature, thermostat_time=1.0, generator=seed,
-        potential=potential, reporters=reporters, progress=False,
-    )  # fmt: skip
+    final, exploded_at = None, None
+    try:
+        final = rollout(
+            model, system, state, n_steps, temperature=temperature, thermostat_time=THERMOSTAT_PS,
+            generator=seed, potential=potential, reporters=reporters, progress=False,
+        )  # fmt: skip
+    except SimulationExploded as error:
+        exploded_at = error.step
+        print(f"rollout exploded: {error}")
     seconds = time.perf_counter() - start
-    return final, torch.stack(recorder.positions), torch.stack(recorder.velocities), seconds
+    return final, torch.stack(recorder.positions), torch.stack(recorder.velocities), seconds, exploded_at
 
 
 # --------------------------------------------------------------------------- LJ fluid
@@ -117,14 +126,15 @@ def _closest_pair(x: np.ndarray, cell: np.ndarray) -> float:
 
 
 def lennard_jones_study(
-    out: Path, minutes: float, md_ps: float, n_steps: int, reference_ps: float, seed: int
+    out: Path, minutes: float, md_ps: float, n_steps: int, reference_ps: float, seed: int, rollout_steps: int
 ) -> dict:
     name = "lennard_jones_fluid"
     out.mkdir(parents=True, exist_ok=True)
     settings = recipes.recipe(name)
     model, result, data, md_state, timings = train_model(
-        name, minutes, md_ps, walkers=4, interval_steps=INTERVAL_STEPS, stride=2, seed=seed, progress=False
-    )
+        name, minutes, md_ps, walkers=4, interval_steps=INTERVAL_STEPS, stride=2, seed=seed, progress=False,
+        rollout_steps=rollout_steps,
+    )  # fmt: skip
     save_forecaster(model, out / "model.pt", {"system": name, "interval_steps": INTERVAL_STEPS})
     system, _, potential = recipes.build(name)
     dt = model.interval
@@ -133,11 +143,14 @@ def lennard_jones_study(
 
     n_ref = int(round(reference_ps / dt))
     t0 = time.perf_counter()
-    ref_x, ref_v = recipes.reference_md(name, system, start, potential, n_ref, INTERVAL_STEPS, seed)
+    ref_x, ref_v = recipes.reference_md(
+        name, system, start, potential, n_ref, INTERVAL_STEPS, seed, thermostat_time=THERMOSTAT_PS
+    )
     md_seconds = time.perf_counter() - t0
-    final, fx, fv, forecast_seconds = timed_rollout(
+    final, fx, fv, forecast_seconds, exploded_at = timed_rollout(
         model, system, start, n_steps, potential, out, settings.temperature, seed
     )
+    done = len(fx)
     ref_x, ref_v, fx, fv = (a[:, 0].numpy() for a in (ref_x, ref_v, fx, fv))
     cell = system.cell.numpy()
 
@@ -203,8 +216,9 @@ def lennard_jones_study(
         "training": {"best_val_loss": result.best_val_loss, "steps": result.steps, "seconds": result.seconds,
                      "md_data_seconds": timings["md_data_s"], "frames": int(data.positions.shape[0] * data.positions.shape[1]),
                      "history": result.history},
-        "rollout": {"forecast_steps": final.step, "simulated_ps": final.time, "wall_s": forecast_seconds,
-                    "ps_per_s": final.time / forecast_seconds, "stable": bool(np.isfinite(fx).all() and np.isfinite(fv).all()),
+        "rollout": {"forecast_steps": done, "requested_steps": n_steps, "exploded_at_step": exploded_at,
+                    "simulated_ps": done * dt, "wall_s": forecast_seconds,
+                    "ps_per_s": done * dt / forecast_seconds, "stable": exploded_at is None and done == n_steps,
                     "closest_pair_nm": min_pair},
         "reference_md": {"simulated_ps": n_ref * dt, "wall_s": md_seconds, "ps_per_s": n_ref * dt / md_seconds},
         "rdf_distance": rdf_distance(g_f, g_md, r),
@@ -255,7 +269,7 @@ def alanine_study(
         name, system, md_state.replace(step=0, time=0.0), potential, n_ref, steps_per_ps, seed
     )
     md_seconds = time.perf_counter() - t0
-    final, fx, fv, forecast_seconds = timed_rollout(
+    final, fx, fv, forecast_seconds, exploded_at = timed_rollout(
         model, system, start, n_steps, potential, out, settings.temperature, seed, record_every=1
     )
     topology = system.topology
@@ -294,7 +308,7 @@ def alanine_study(
         axes,
         [
             (ref_angles, f"MD ({reference_ns:g} ns)"),
-            (f_angles, f"TrajCast ({final.time * walkers / 1000:g} ns)"),
+            (f_angles, f"TrajCast ({len(fx) * dt * walkers / 1000:g} ns)"),
         ],
         strict=True,
     ):
@@ -314,9 +328,10 @@ def alanine_study(
         "training": {"best_val_loss": result.best_val_loss, "steps": result.steps, "seconds": result.seconds,
                      "md_data_seconds": timings["md_data_s"], "frames": int(data.positions.shape[0] * data.positions.shape[1]),
                      "history": result.history},
-        "rollout": {"walkers": walkers, "forecast_steps_per_walker": final.step, "simulated_ps_per_walker": final.time,
-                    "wall_s": forecast_seconds, "ps_per_s_all_walkers": walkers * final.time / forecast_seconds,
-                    "stable": bool(torch.isfinite(fx).all() and not stretched.any()),
+        "rollout": {"walkers": walkers, "forecast_steps_per_walker": len(fx), "requested_steps": n_steps,
+                    "exploded_at_step": exploded_at, "simulated_ps_per_walker": len(fx) * dt,
+                    "wall_s": forecast_seconds, "ps_per_s_all_walkers": walkers * len(fx) * dt / forecast_seconds,
+                    "stable": exploded_at is None and len(fx) == n_steps and not stretched.any(),
                     "frames_with_a_bond_over_1.25x_md_max": int(stretched.sum())},
         "reference_md": {"simulated_ns": n_ref * walkers / 1000, "wall_s": md_seconds},
         "phi_psi_js": js,
@@ -338,6 +353,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--lj-minutes", type=float, default=12.0, help="LJ training wall time")
     parser.add_argument("--alanine-minutes", type=float, default=10.0, help="alanine training wall time")
     parser.add_argument("--steps", type=int, default=10_000, help="forecast steps per walker")
+    parser.add_argument("--rollout-steps", type=int, default=2, help="forecast steps in the training loss")
+    parser.add_argument(
+        "--lj-md-ps", type=float, default=30.0, help="LJ training MD per walker (4 walkers), ps"
+    )
+    parser.add_argument(
+        "--alanine-md-ps", type=float, default=60.0, help="alanine training MD per walker (4), ps"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["lj", "alanine"], help="run one study")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (minutes)")
@@ -345,19 +367,19 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     if args.quick:
         args.lj_minutes = args.alanine_minutes = 0.3
-        args.steps = 200
+        args.steps, args.lj_md_ps, args.alanine_md_ps = 200, 10.0, 10.0
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}
     start = time.perf_counter()
     if args.only in (None, "lj"):
         report["lennard_jones"] = lennard_jones_study(
-            args.output / "lj", args.lj_minutes, 10.0 if args.quick else 40.0, args.steps,
-            5.0 if args.quick else 200.0, args.seed,
+            args.output / "lj", args.lj_minutes, args.lj_md_ps, args.steps,
+            5.0 if args.quick else 150.0, args.seed, args.rollout_steps,
         )  # fmt: skip
         _save(args.output, report)
     if args.only in (None, "alanine"):
         report["alanine_dipeptide"] = alanine_study(
-            args.output / "alanine", args.alanine_minutes, 10.0 if args.quick else 100.0, args.steps,
-            0.02 if args.quick else 2.0, 4, args.seed,
+            args.output / "alanine", args.alanine_minutes, args.alanine_md_ps, args.steps,
+            0.02 if args.quick else 1.2, 4, args.seed, args.rollout_steps,
         )  # fmt: skip
     report["total_s"] = time.perf_counter() - start
     _save(args.output, report)

@@ -13,7 +13,7 @@ def test_trajcast_example_and_benchmark_smoke(tmp_path):
     out = tmp_path / "tc"
     report = load("examples/trajcast_forecast.py").main(["--output", str(out), "--quick"])
     lj, alanine = report["lennard_jones"], report["alanine_dipeptide"]
-    assert lj["rollout"]["forecast_steps"] == 200 and lj["interval_multiple"] == 10
+    assert lj["rollout"]["requested_steps"] == 200 and lj["interval_multiple"] == 10
     assert math.isfinite(lj["rdf_distance"]) and math.isfinite(alanine["phi_psi_js"])
     assert json.loads((out / "report.json").read_text())["alanine_dipeptide"]["interval_multiple"] == 10
     for path in lj["plots"] + alanine["plots"]:

@@ -73,7 +73,7 @@ def train_model(
     train_set, val_set = data.split(0.1)
     model = TrajCast(
         system.atomic_numbers.unique().tolist(), interval_steps * settings.timestep, r_max=settings.r_max,
-        channels=channels,
+        channels=channels, max_ell=settings.max_ell,
     )  # fmt: skip
     config = ForecastTrainingConfig(
         lag=interval_steps // stride, rollout_steps=rollout_steps, batch_size=batch_size, lr=lr,

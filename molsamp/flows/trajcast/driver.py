@@ -106,6 +106,9 @@ class ForecastIntegrator(Integrator):
         for _ in range(n_steps):
             dx, v = model.forecast(z, masses, x, v, cell, system.pbc, angular=self.angular)
             x = x + dx
+            if not (torch.isfinite(x).all() and torch.isfinite(v).all()):
+                # simulate() turns this into SimulationExploded with the last good state
+                raise ArithmeticError("the forecast produced non-finite positions or velocities")
             if self.thermostat is not None:
                 v = self.thermostat.apply(x, v, masses, self.timestep)
             if cell is not None and system.periodic:

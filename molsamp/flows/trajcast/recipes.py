@@ -32,11 +32,12 @@ class Recipe:
     data_friction: float  # 0: NVE segments (velocity Verlet) after equilibration
     equilibration_ps: float
     periodic: bool
+    max_ell: int  # of the forecaster's edge spherical harmonics
 
 
 RECIPES = {
-    "lennard_jones_fluid": Recipe("lennard_jones_fluid", 0.005, 120.0, 0.6, 0.0, 20.0, True),
-    "alanine_dipeptide": Recipe("alanine_dipeptide", 0.001, 300.0, 0.5, 0.2, 10.0, False),
+    "lennard_jones_fluid": Recipe("lennard_jones_fluid", 0.005, 120.0, 0.5, 0.0, 10.0, True, 1),
+    "alanine_dipeptide": Recipe("alanine_dipeptide", 0.001, 300.0, 0.5, 0.2, 10.0, False, 2),
 }
 
 
