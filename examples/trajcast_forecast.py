@@ -240,7 +240,14 @@ def _bond_lengths(positions: np.ndarray, bonds: np.ndarray) -> np.ndarray:
 
 
 def alanine_study(
-    out: Path, minutes: float, md_ps: float, n_steps: int, reference_ns: float, walkers: int, seed: int
+    out: Path,
+    minutes: float,
+    md_ps: float,
+    n_steps: int,
+    reference_ns: float,
+    walkers: int,
+    seed: int,
+    rollout_steps: int,
 ) -> dict:
     from molsamp.analysis import free_energy_2d
     from molsamp.flows.ramachandran import phi_psi
@@ -257,6 +264,7 @@ def alanine_study(
         stride=5,
         seed=seed,
         progress=False,
+        rollout_steps=rollout_steps,
     )
     save_forecaster(model, out / "model.pt", {"system": name, "interval_steps": INTERVAL_STEPS})
     system, _, potential = recipes.build(name)
