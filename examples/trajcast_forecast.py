@@ -283,14 +283,15 @@ def alanine_study(
     topology = system.topology
     ref_frames = ref_x.transpose(0, 1)  # (B, F, N, 3)
     every = int(round(1.0 / dt))  # 1 ps, like the reference frames
-    f_frames = fx[every - 1 :: every].transpose(0, 1)
+    # every 1 ps like the reference; a run that exploded early keeps all its frames
+    f_frames = (fx[every - 1 :: every] if len(fx) >= every else fx).transpose(0, 1)
     ref_angles = phi_psi(ref_frames.reshape(-1, system.n_atoms, 3), topology)
     f_angles = phi_psi(f_frames.reshape(-1, system.n_atoms, 3), topology)
     bins = 36
     ref_counts = effective_counts(ref_angles, None, bins)
     js = js_divergence(effective_counts(f_angles, None, bins), ref_counts, 1.0)
     # MD of the forecast's length (first part of every reference walker) vs the rest
-    n_same = min(f_frames.shape[1], ref_frames.shape[1] // 2)
+    n_same = max(1, min(f_frames.shape[1], ref_frames.shape[1] // 2))
     same = phi_psi(ref_frames[:, :n_same].reshape(-1, system.n_atoms, 3), topology)
     rest = phi_psi(ref_frames[:, n_same:].reshape(-1, system.n_atoms, 3), topology)
     js_same_length = js_divergence(
@@ -343,6 +344,7 @@ def alanine_study(
                     "frames_with_a_bond_over_1.25x_md_max": int(stretched.sum())},
         "reference_md": {"simulated_ns": n_ref * walkers / 1000, "wall_s": md_seconds},
         "phi_psi_js": js,
+        "phi_psi_forecast_frames": int(f_frames.shape[0] * f_frames.shape[1]),
         "phi_psi_js_md_same_length_vs_rest": js_same_length,
         "phi_psi_md_half_vs_half": half_vs_half_divergences(ref_angles, bins),
         "phi_psi_bins": bins,
