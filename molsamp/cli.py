@@ -1,4 +1,4 @@
-"""The ``molsamp`` command: ``molsamp demo``, ``md``, ``train`` and ``sample``."""
+"""The ``molsamp`` command: ``molsamp demo``, ``md``, ``train``, ``sample`` and ``forecast``."""
 
 from __future__ import annotations
 
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     training = commands.add_parser("train", help="train a MACE or TensorNet potential on energies and forces")
     train_command.add_arguments(training)
     add_sample_parser(commands)
+    from molsamp.flows.trajcast.commands import add_forecast_parser
+
+    add_forecast_parser(commands)
     return parser
 
 
@@ -165,6 +168,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             train_command.run(args)
         elif args.command == "sample":
             run_sample(args)
+        elif args.command == "forecast":
+            from molsamp.flows.trajcast.commands import run_forecast
+
+            run_forecast(args)
         else:
             run_md(args, args.trajectory_format)
     except (ValueError, FileNotFoundError, SimulationExploded) as error:

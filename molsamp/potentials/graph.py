@@ -26,6 +26,51 @@ _MAX_Z = 118
 _W3J_BUFFER = re.compile(r"_w3j_(\d+)_(\d+)_(\d+)$")  # e3nn tensor-product constants
 
 
+def refresh_exact_constants(root: torch.nn.Module) -> None:
+    """Rewrite Clebsch–Gordan constants of ``root``'s modules from float64 originals in the
+    buffers' dtype.
+
+    e3nn modules build them in the default dtype (float32); casting those to float64 would
+    leave 1e-7 errors and break exact equivariance in float64. Call after changing dtype
+    or loading a state dict (every e3nn-based model in molsamp does).
+    """
+    with torch.no_grad():
+        for module in root.modules():
+            exact = module.exact_buffers() if hasattr(module, "exact_buffers") else {}
+            for name, buffer in module.named_buffers(recurse=False):
+                match = _W3J_BUFFER.match(name)
+                if match:
+                    value = o3.wigner_3j(*map(int, match.groups()), dtype=torch.float64)
+                elif name in exact:
+                    value = exact[name]
+                else:
+                    continue
+                buffer.copy_(value.to(buffer.dtype))
+
+
+def element_lookup(elements: Sequence[int]) -> torch.Tensor:
+    """(119,) int64 table: atomic number → index in the sorted ``elements``, −1 elsewhere."""
+    lookup = torch.full((_MAX_Z + 1,), -1, dtype=torch.int64)
+    lookup[list(elements)] = torch.arange(len(elements))
+    return lookup
+
+
+def element_indices(lookup: torch.Tensor, elements: Sequence[int], atomic_numbers) -> torch.Tensor:
+    """Element index 0…len(elements)−1 of each atom by ``lookup`` (:func:`element_lookup`);
+    raises for atomic numbers not among ``elements``."""
+    z = torch.as_tensor(atomic_numbers, dtype=torch.int64, device=lookup.device)
+    if z.numel() and (z.min() < 0 or z.max() > _MAX_Z):
+        raise ValueError(f"atomic numbers must be 0…{_MAX_Z}, got {z.unique().tolist()}")
+    s = lookup[z]
+    if (s < 0).any():
+        unknown = sorted(set(z[s < 0].tolist()))
+        raise ValueError(
+            f"atomic numbers {unknown} are not among the model's elements "
+            f"{list(elements)}; build the model with elements that include them"
+        )
+    return s
+
+
 class GraphPotential(Potential):
     """Shared machinery of MACE and TensorNet; subclasses implement ``_atom_energies``.
 
@@ -58,9 +103,7 @@ class GraphPotential(Potential):
             raise ValueError(f"r_max must be > 0 nm, got {r_max}")
         self.elements = sorted(elements)
         self.r_max = float(r_max)
-        lookup = torch.full((_MAX_Z + 1,), -1, dtype=torch.int64)
-        lookup[self.elements] = torch.arange(len(self.elements))
-        self.register_buffer("_species_of_z", lookup, persistent=False)
+        self.register_buffer("_species_of_z", element_lookup(self.elements), persistent=False)
         dtype = torch.get_default_dtype()
         self.register_buffer("atomic_energies", torch.zeros(len(self.elements), dtype=dtype))
         self.register_buffer("scale", torch.ones((), dtype=dtype))
@@ -77,23 +120,7 @@ class GraphPotential(Potential):
         return out
 
     def _refresh_constants(self) -> None:
-        """Rewrite Clebsch–Gordan constants from float64 originals in the buffers' dtype.
-
-        Modules build them in the default dtype (float32); casting those to float64 would
-        leave 1e-7 errors and break exact equivariance in float64.
-        """
-        with torch.no_grad():
-            for module in self.modules():
-                exact = module.exact_buffers() if hasattr(module, "exact_buffers") else {}
-                for name, buffer in module.named_buffers(recurse=False):
-                    match = _W3J_BUFFER.match(name)
-                    if match:
-                        value = o3.wigner_3j(*map(int, match.groups()), dtype=torch.float64)
-                    elif name in exact:
-                        value = exact[name]
-                    else:
-                        continue
-                    buffer.copy_(value.to(buffer.dtype))
+        refresh_exact_constants(self)
 
     # ----------------------------------------------------------------- bookkeeping
     @property
@@ -112,17 +139,7 @@ class GraphPotential(Potential):
 
     def species(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
         """Element index 0…n_elements−1 of each atom; raises for unknown elements."""
-        z = torch.as_tensor(atomic_numbers, dtype=torch.int64, device=self._species_of_z.device)
-        if z.numel() and (z.min() < 0 or z.max() > _MAX_Z):
-            raise ValueError(f"atomic numbers must be 0…{_MAX_Z}, got {z.unique().tolist()}")
-        s = self._species_of_z[z]
-        if (s < 0).any():
-            unknown = sorted(set(z[s < 0].tolist()))
-            raise ValueError(
-                f"atomic numbers {unknown} are not among the model's elements "
-                f"{self.elements}; build the model with elements that include them"
-            )
-        return s
+        return element_indices(self._species_of_z, self.elements, atomic_numbers)
 
     def bind(
         self, atomic_numbers: Sequence[int] | torch.Tensor, pbc: Sequence[bool] = (True,) * 3

@@ -45,12 +45,40 @@ def save_potential(model: GraphPotential, path: str | Path) -> Path:
         "dtype": str(model.atomic_energies.dtype).removeprefix("torch."),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    return save_plain_data(payload, path)
+
+
+def save_plain_data(payload: dict, path: str | Path) -> Path:
+    """``torch.save`` a dict of plain data (tensors, str, numbers) to a temporary name, then
+    rename it to ``path``: a crash never leaves a half-written file. Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     torch.save(payload, partial)
     partial.replace(path)
     return path
+
+
+def load_plain_data(path: str | Path, file_format: str, what: str, writer: str) -> dict:
+    """The dict in ``path`` read with ``torch.load(weights_only=True)`` (pickled code is
+    refused), checked to carry ``"format": file_format``; ``what`` (e.g. "molsamp potential")
+    and ``writer`` (the function that writes such files) go into error messages."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} file at {path}; check the path")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(
+            f"refusing to load {path}: it is not a plain-data {what} file "
+            f"(torch.load with weights_only=True said: {str(error).splitlines()[0]})"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(
+            f"{path} is not a {what} (format {found!r}, expected {file_format!r}); write it with {writer}"
+        )
+    return payload
 
 
 def load_potential(path: str | Path, device: torch.device | str = "cpu") -> GraphPotential:
@@ -62,22 +90,7 @@ def load_potential(path: str | Path, device: torch.device | str = "cpu") -> Grap
         when the file holds anything but plain data (pickled objects are refused by
         ``weights_only=True``), is not a molsamp potential, or names an unknown model class.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no potential file at {path}; check the path")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(
-            f"refusing to load {path}: it is not a plain-data molsamp potential file "
-            f"(torch.load with weights_only=True said: {str(error).splitlines()[0]})"
-        ) from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(
-            f"{path} is not a molsamp potential (format {found!r}, expected {FORMAT!r}); "
-            "write it with molsamp.potentials.save_potential"
-        )
+    payload = load_plain_data(path, FORMAT, "molsamp potential", "molsamp.potentials.save_potential")
     name = payload.get("class")
     if name not in MODEL_CLASSES:
         raise ValueError(f"{path} names model class {name!r}; known: {sorted(MODEL_CLASSES)}")

@@ -1,0 +1,166 @@
+"""Force-free MD speed: simulated ps per wall second of a TrajCast forecaster against molsamp
+MD with the reference potential and with a MACE potential of similar size, same process.
+
+Run: ``OMP_NUM_THREADS=1 python benchmarks/trajcast_speed.py [--models trajcast-example]``.
+With ``--models`` the trained forecasters of ``examples/trajcast_forecast.py`` are timed and
+the accuracy numbers of its ``report.json`` are printed beside the speed; without it an
+untrained forecaster of the same size is timed (speed does not depend on the weights).
+MACE is untrained too, its energy scale shrunk so that its MD stays finite, and the
+alanine forecaster's residual scales are shrunk 100x for the same reason (it is not stable at
+10 fs): the cost of a step does not depend on these values, so speed is what is measured.
+Every run starts from a state equilibrated with the reference potential. Timings are medians of round-robin repeats (``median_rates`` of md_speed.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from molsamp.flows.trajcast import TrajCast, load_forecaster, recipes, rollout
+from molsamp.integrators import LangevinBAOAB, VelocityVerlet, simulate
+from molsamp.potentials import MACE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from md_speed import median_rates  # noqa: E402  (the round-robin timer of benchmarks/md_speed.py)
+
+INTERVAL_STEPS = 10
+
+
+def forecaster_for(name: str, models: Path | None, stable: bool = True) -> TrajCast:
+    path = (
+        None
+        if models is None
+        else models / ("lj" if name == "lennard_jones_fluid" else "alanine") / "model.pt"
+    )
+    if path is not None and path.is_file():
+        model, _ = load_forecaster(path)
+        model = model.to(torch.float32)
+        if not stable or name == "alanine_dipeptide":  # not stable (alanine at 10 fs: report.json);
+            with torch.no_grad():  # the cost of a step does not depend on these values, and
+                model.displacement_scale.mul_(0.01)  # shrunk residuals keep the timed steps finite
+                model.velocity_scale.mul_(0.01)
+        return model
+    settings = recipes.recipe(name)
+    system, _, _ = recipes.build(name)
+    return TrajCast(
+        system.atomic_numbers.unique().tolist(), INTERVAL_STEPS * settings.timestep, r_max=settings.r_max,
+        max_ell=settings.max_ell, dtype=torch.float32,
+    )  # fmt: skip
+
+
+def similar_mace(model: TrajCast, system) -> MACE:
+    h = model.hyperparameters()
+    c = h["channels"]
+    mace = MACE(
+        h["elements"], r_max=h["r_max"], max_ell=h["max_ell"], correlation=h["correlation"],
+        num_interactions=h["num_interactions"], hidden_irreps=f"{c}x0e+{c}x1o", radial_mlp=h["radial_mlp"],
+        avg_num_neighbors=float(model.avg_num_neighbors), dtype=torch.float32,
+    )  # fmt: skip
+    with torch.no_grad():
+        mace.scale.fill_(1e-3)  # untrained: keep forces small so the timed MD stays finite
+    return mace.bind(system.atomic_numbers, system.pbc)
+
+
+def runners(name: str, model: TrajCast, n_forecast: int) -> tuple[dict, dict]:
+    settings = recipes.recipe(name)
+    system, state, potential = recipes.build(name, seed=1)
+    state = recipes.equilibrate(name, system, state, potential, seed=1)  # a liquid, not the fcc start
+    state = recipes.zero_momenta(system, state).replace(step=0, time=0.0)
+    md_steps = n_forecast * INTERVAL_STEPS
+    holder = {}
+
+    def forecast(n: int) -> None:
+        holder["f"] = rollout(
+            model, system, holder.get("f", state.to(dtype=torch.float32)), n, temperature=settings.temperature,
+            generator=1, progress=False, guard=None,
+        )  # fmt: skip
+
+    if settings.data_friction > 0:
+        reference = LangevinBAOAB(potential, system.masses, settings.timestep, settings.temperature, 1.0, 1)
+    else:
+        reference = VelocityVerlet(potential, system.masses, settings.timestep)
+
+    def reference_md(n: int) -> None:
+        holder["r"] = simulate(reference, holder.get("r", state), n, progress=False, guard=None)
+
+    mace = similar_mace(model, system)
+    mace_md_integrator = LangevinBAOAB(mace, system.masses, settings.timestep, settings.temperature, 1.0, 1)
+
+    def mace_md(n: int) -> None:
+        holder["m"] = simulate(
+            mace_md_integrator, holder.get("m", state.to(dtype=torch.float32)), n, progress=False, guard=None,
+            engine="torch",
+        )  # fmt: skip
+
+    n_mace = max(INTERVAL_STEPS, md_steps // 10)
+    runs = {
+        "TrajCast forecaster": (forecast, n_forecast),
+        "MD, reference potential": (reference_md, md_steps),
+        "MD, MACE of similar size": (mace_md, n_mace),
+    }
+    ps_per_step = {
+        "TrajCast forecaster": model.interval,
+        "MD, reference potential": settings.timestep,
+        "MD, MACE of similar size": settings.timestep,
+    }
+    sizes = {
+        "forecaster_parameters": sum(p.numel() for p in model.parameters()),
+        "mace_parameters": sum(p.numel() for p in mace.parameters()),
+    }
+    return runs, {"ps_per_step": ps_per_step, **sizes}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, help="output folder of examples/trajcast_forecast.py")
+    parser.add_argument("--forecast-steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    report, results = {}, {}
+    if args.models is not None and (args.models / "report.json").is_file():
+        report = json.loads((args.models / "report.json").read_text())
+    for name, key in (("lennard_jones_fluid", "lennard_jones"), ("alanine_dipeptide", "alanine_dipeptide")):
+        stable = report.get(key, {}).get("rollout", {}).get("stable", True)
+        model = forecaster_for(name, args.models, stable)
+        runs, info = runners(name, model, args.forecast_steps)
+        rates = median_rates(runs, args.repeats)  # steps/s
+        ps = {k: rates[k] * info["ps_per_step"][k] for k in rates}
+        settings = recipes.recipe(name)
+        results[name] = {"ps_per_s": ps, "interval_multiple": INTERVAL_STEPS, **info}
+        print(
+            f"== {name}: forecast interval {model.interval * 1000:g} fs = {INTERVAL_STEPS} x MD step "
+            f"{settings.timestep * 1000:g} fs; forecaster {info['forecaster_parameters']} parameters, "
+            f"MACE {info['mace_parameters']} =="
+        )
+        for label, value in ps.items():
+            print(
+                f"{label:28s} {value:9.3f} ps/s  ({rates[label]:8.1f} steps/s)   "
+                f"forecaster / this = {ps['TrajCast forecaster'] / value:6.2f}"
+            )
+        if key in report:
+            r = report[key]
+            if key == "lennard_jones":
+                d = r["diffusion_nm2_per_ps"]
+                print(
+                    f"accuracy (report.json): g(r) distance {r['rdf_distance']:.4f} (MD floor "
+                    f"{r['rdf_distance_md_half_vs_half']:.4f}), D rel. error Green-Kubo "
+                    f"{d['green_kubo_relative_error']:+.1%}, MSD {d['msd_relative_error']:+.1%}, "
+                    f"T {r['kinetic_forecast']['temperature_mean_K']:.1f} K"
+                )
+            else:
+                print(
+                    f"accuracy (report.json): phi/psi JS {r['phi_psi_js']:.4f} (MD same length "
+                    f"{r['phi_psi_js_md_same_length_vs_rest']:.4f}), T "
+                    f"{r['kinetic_forecast']['temperature_mean_K']:.1f} K, stable {r['rollout']['stable']}"
+                )
+        print()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,436 @@
+"""TrajCast acceptance run: force-free MD of a Lennard-Jones liquid and of alanine dipeptide.
+
+For each system: reference MD → training pairs at Δt = k·δt (k = 10) → train the forecaster
+(wall-time budget) → roll it out for ≥ 10⁴ forecast steps with the Bussi thermostat → compare
+with reference MD:
+
+* fluid (108 argon atoms, periodic): g(r) distance, velocity autocorrelation and diffusion
+  coefficient (Green–Kubo and MSD), kinetic-energy distribution vs the canonical gamma law,
+  potential energy of forecast frames (reference LJ), stability;
+* alanine dipeptide (vacuum): φ/ψ JS divergence vs long MD (with MD's own floor), kinetic
+  energy vs canonical, potential energy (Amber) of forecast frames, bond-length stability.
+
+Writes ``OUTPUT/report.json`` and PNG plots. Run with one thread:
+``OMP_NUM_THREADS=1 python examples/trajcast_forecast.py --output trajcast-example``
+(``--quick`` for a smoke run of a couple of minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from molsamp.flows.reweighting import effective_counts, half_vs_half_divergences, js_divergence
+from molsamp.flows.trajcast import FrameRecorder, recipes, rollout, save_forecaster
+from molsamp.flows.trajcast.commands import train_model
+from molsamp.flows.trajcast.observables import (
+    canonical_kinetic_energy_check,
+    diffusion_from_msd,
+    diffusion_from_vacf,
+    mean_squared_displacement,
+    radial_distribution,
+    rdf_distance,
+    unwrap,
+    velocity_autocorrelation,
+)
+from molsamp.integrators import SimulationExploded
+from molsamp.io import CSVReporter, TrajectoryReporter
+from molsamp.units import BOLTZMANN_KJ_PER_MOL_K
+
+INTERVAL_STEPS = 10
+THERMOSTAT_PS = 0.5  # Bussi time constant of the forecast and of the fluid's reference MD
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def internal_kinetic(
+    positions: torch.Tensor, velocities: torch.Tensor, masses: torch.Tensor, angular: bool
+) -> np.ndarray:
+    """(F, B) kinetic energy (kJ/mol) of the motion not fixed by conserved momenta."""
+    from molsamp.flows.trajcast import StochasticVelocityRescaling
+
+    split = StochasticVelocityRescaling(1.0, 1.0, 0, angular=angular)
+    out = []
+    for x, v in zip(positions, velocities, strict=True):
+        _, internal = split.split(x, v, masses)
+        out.append((0.5 * masses[:, None] * internal.square()).sum((-2, -1)))
+    return torch.stack(out).numpy()
+
+
+def energies(potential, frames, cell=None, chunk: int = 50) -> np.ndarray:
+    """Reference potential energy (kJ/mol) of (F, N, 3) frames, in chunks of ``chunk``."""
+    frames = torch.as_tensor(np.asarray(frames), dtype=torch.float64)
+    with torch.no_grad():
+        return torch.cat([potential.energy(part, cell) for part in frames.split(chunk)]).numpy()
+
+
+def plot_kinetic(samples: dict[str, np.ndarray], n_dof: int, temperature: float, path: Path) -> str:
+    from scipy import stats
+
+    plt = _plt()
+    figure, axes = plt.subplots(figsize=(5, 3.6), dpi=110)
+    kt = BOLTZMANN_KJ_PER_MOL_K * temperature
+    grid = np.linspace(0.3, 1.8, 300) * 0.5 * n_dof * kt
+    for label, k in samples.items():
+        axes.hist(k.ravel(), bins=60, density=True, histtype="step", label=label)
+    axes.plot(grid, stats.gamma(a=0.5 * n_dof, scale=kt).pdf(grid), "k--", label=f"canonical (N_f = {n_dof})")
+    axes.set(xlabel="internal kinetic energy (kJ/mol)", ylabel="density")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+    return str(path)
+
+
+def timed_rollout(model, system, state, n_steps, potential, out: Path, temperature, seed, record_every=1):
+    """Roll out with CSV/DCD reporters and an in-memory recorder. Returns (final state or None
+    if the run exploded, positions (F, B, N, 3), velocities, wall seconds, step of explosion)."""
+    recorder = FrameRecorder(record_every)
+    reporters = [
+        recorder,
+        CSVReporter(out / "forecast_energies.csv", 100),
+        TrajectoryReporter(out / "forecast_trajectory.dcd", 100, system.topology),
+    ]
+    start = time.perf_counter()
+    final, exploded_at = None, None
+    try:
+        final = rollout(
+            model, system, state, n_steps, temperature=temperature, thermostat_time=THERMOSTAT_PS,
+            generator=seed, potential=potential, reporters=reporters, progress=False,
+        )  # fmt: skip
+    except SimulationExploded as error:
+        exploded_at = error.step
+        print(f"rollout exploded: {error}")
+    seconds = time.perf_counter() - start
+    return final, torch.stack(recorder.positions), torch.stack(recorder.velocities), seconds, exploded_at
+
+
+# --------------------------------------------------------------------------- LJ fluid
+def _closest_pair(x: np.ndarray, cell: np.ndarray) -> float:
+    """Smallest minimum-image distance (nm) among the (N, 3) positions."""
+    f = (x[:, None] - x[None]) @ np.linalg.inv(cell)
+    d = np.linalg.norm((f - np.round(f)) @ cell, axis=-1)
+    return float(d[np.triu_indices(len(x), 1)].min())
+
+
+def lennard_jones_study(
+    out: Path, minutes: float, md_ps: float, n_steps: int, reference_ps: float, seed: int, rollout_steps: int
+) -> dict:
+    name = "lennard_jones_fluid"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = recipes.recipe(name)
+    model, result, data, md_state, timings = train_model(
+        name, minutes, md_ps, walkers=4, interval_steps=INTERVAL_STEPS, stride=2, seed=seed, progress=False,
+        rollout_steps=rollout_steps,
+    )  # fmt: skip
+    save_forecaster(model, out / "model.pt", {"system": name, "interval_steps": INTERVAL_STEPS})
+    system, _, potential = recipes.build(name)
+    dt = model.interval
+    start = recipes.zero_momenta(system, md_state)
+    start = start.replace(positions=start.positions[:1], velocities=start.velocities[:1], step=0, time=0.0)
+
+    n_ref = int(round(reference_ps / dt))
+    t0 = time.perf_counter()
+    ref_x, ref_v = recipes.reference_md(
+        name, system, start, potential, n_ref, INTERVAL_STEPS, seed, thermostat_time=THERMOSTAT_PS
+    )
+    md_seconds = time.perf_counter() - t0
+    final, fx, fv, forecast_seconds, exploded_at = timed_rollout(
+        model, system, start, n_steps, potential, out, settings.temperature, seed
+    )
+    done = len(fx)
+    ref_x, ref_v, fx, fv = (a[:, 0].numpy() for a in (ref_x, ref_v, fx, fv))
+    cell = system.cell.numpy()
+
+    # structure
+    r_max = 0.49 * float(np.min(np.diag(cell)))
+    every_ref, every_f = max(1, n_ref // 1000), max(1, len(fx) // 1000)
+    r, g_md = radial_distribution(ref_x[::every_ref], cell, r_max)
+    _, g_f = radial_distribution(fx[::every_f], cell, r_max)
+    half = len(ref_x) // 2
+    _, g_a = radial_distribution(ref_x[:half:every_ref], cell, r_max)
+    _, g_b = radial_distribution(ref_x[half::every_ref], cell, r_max)
+    # dynamics: frames every Δt for both
+    max_lag = int(round(2.0 / dt))  # 2 ps
+    vacf_md, vacf_f = velocity_autocorrelation(ref_v, max_lag), velocity_autocorrelation(fv, max_lag)
+    msd_lag = int(round(5.0 / dt))
+    msd_md = mean_squared_displacement(unwrap(ref_x, cell), msd_lag)
+    msd_f = mean_squared_displacement(unwrap(fx, cell), msd_lag)
+    d = {
+        "green_kubo_md": diffusion_from_vacf(vacf_md, dt),
+        "green_kubo_forecast": diffusion_from_vacf(vacf_f, dt),
+        "msd_md": diffusion_from_msd(msd_md, dt),
+        "msd_forecast": diffusion_from_msd(msd_f, dt),
+    }
+    d["green_kubo_relative_error"] = d["green_kubo_forecast"] / d["green_kubo_md"] - 1
+    d["msd_relative_error"] = d["msd_forecast"] / d["msd_md"] - 1
+    # thermodynamics
+    masses = system.masses
+    k_f = internal_kinetic(torch.as_tensor(fx)[:, None], torch.as_tensor(fv)[:, None], masses, False)[:, 0]
+    k_md = internal_kinetic(torch.as_tensor(ref_x)[:, None], torch.as_tensor(ref_v)[:, None], masses, False)[
+        :, 0
+    ]
+    n_dof = 3 * system.n_atoms - 3
+    with torch.no_grad():
+        sub = slice(None, None, max(1, len(fx) // 500))
+        e_f = potential.energy(torch.as_tensor(fx[sub]), system.cell).numpy()
+        e_md = potential.energy(torch.as_tensor(ref_x[:: max(1, n_ref // 500)]), system.cell).numpy()
+    # stability: closest approach over the rollout
+    min_pair = min(_closest_pair(x, cell) for x in fx[:: max(1, len(fx) // 200)])
+
+    plt = _plt()
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    axes[0].plot(r, g_md, label="MD")
+    axes[0].plot(r, g_f, "--", label=f"TrajCast (Δt = {INTERVAL_STEPS} δt)")
+    axes[0].set(xlabel="r (nm)", ylabel="g(r)", title="radial distribution")
+    t = np.arange(max_lag + 1) * dt
+    axes[1].plot(t, vacf_md / vacf_md[0], label="MD")
+    axes[1].plot(t, vacf_f / vacf_f[0], "--", label="TrajCast")
+    axes[1].set(xlabel="t (ps)", ylabel="VACF / VACF(0)", title="velocity autocorrelation")
+    tm = np.arange(msd_lag + 1) * dt
+    axes[2].plot(tm, msd_md, label=f"MD, D = {d['msd_md']:.2e} nm²/ps")
+    axes[2].plot(tm, msd_f, "--", label=f"TrajCast, D = {d['msd_forecast']:.2e} nm²/ps")
+    axes[2].set(xlabel="t (ps)", ylabel="MSD (nm²)", title="mean squared displacement")
+    for ax in axes:
+        ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(out / "lj_structure_dynamics.png")
+    plt.close(figure)
+    return {
+        "system": "periodic LJ argon, 108 atoms, rho*=0.8, 120 K",
+        "md_timestep_ps": settings.timestep,
+        "forecast_interval_ps": dt,
+        "interval_multiple": INTERVAL_STEPS,
+        "training": {"best_val_loss": result.best_val_loss, "steps": result.steps, "seconds": result.seconds,
+                     "md_data_seconds": timings["md_data_s"], "frames": int(data.positions.shape[0] * data.positions.shape[1]),
+                     "history": result.history},
+        "rollout": {"forecast_steps": done, "requested_steps": n_steps, "exploded_at_step": exploded_at,
+                    "simulated_ps": done * dt, "wall_s": forecast_seconds,
+                    "ps_per_s": done * dt / forecast_seconds, "stable": exploded_at is None and done == n_steps,
+                    "closest_pair_nm": min_pair},
+        "reference_md": {"simulated_ps": n_ref * dt, "wall_s": md_seconds, "ps_per_s": n_ref * dt / md_seconds},
+        "rdf_distance": rdf_distance(g_f, g_md, r),
+        "rdf_distance_md_half_vs_half": rdf_distance(g_b, g_a, r),
+        "rdf_first_peak": {"md": [float(r[g_md.argmax()]), float(g_md.max())], "forecast": [float(r[g_f.argmax()]), float(g_f.max())]},
+        "diffusion_nm2_per_ps": d,
+        "kinetic_forecast": canonical_kinetic_energy_check(k_f, n_dof, settings.temperature),
+        "kinetic_md": canonical_kinetic_energy_check(k_md, n_dof, settings.temperature),
+        "potential_energy_kJ_per_mol": {"forecast_mean": float(e_f.mean()), "forecast_std": float(e_f.std()),
+                                        "md_mean": float(e_md.mean()), "md_std": float(e_md.std())},
+        "plots": [str(out / "lj_structure_dynamics.png"),
+                  plot_kinetic({"TrajCast": k_f, "MD (VV + Bussi)": k_md}, n_dof, settings.temperature, out / "lj_kinetic.png")],
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- alanine
+def _bond_lengths(positions: np.ndarray, bonds: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(positions[..., bonds[:, 0], :] - positions[..., bonds[:, 1], :], axis=-1)
+
+
+def alanine_study(
+    out: Path,
+    minutes: float,
+    md_ps: float,
+    n_steps: int,
+    reference_ns: float,
+    walkers: int,
+    seed: int,
+    rollout_steps: int,
+) -> dict:
+    from molsamp.analysis import free_energy_2d
+    from molsamp.flows.ramachandran import phi_psi
+
+    name = "alanine_dipeptide"
+    out.mkdir(parents=True, exist_ok=True)
+    settings = recipes.recipe(name)
+    model, result, data, md_state, timings = train_model(
+        name,
+        minutes,
+        md_ps,
+        walkers=walkers,
+        interval_steps=INTERVAL_STEPS,
+        stride=5,
+        seed=seed,
+        progress=False,
+        rollout_steps=rollout_steps,
+    )
+    save_forecaster(model, out / "model.pt", {"system": name, "interval_steps": INTERVAL_STEPS})
+    system, _, potential = recipes.build(name)
+    dt = model.interval
+    start = recipes.zero_momenta(system, md_state).replace(step=0, time=0.0)
+    steps_per_ps = int(round(1.0 / settings.timestep))
+    n_ref = int(round(reference_ns * 1000 / walkers))
+    t0 = time.perf_counter()
+    ref_x, _ = recipes.reference_md(
+        name, system, md_state.replace(step=0, time=0.0), potential, n_ref, steps_per_ps, seed
+    )
+    md_seconds = time.perf_counter() - t0
+    final, fx, fv, forecast_seconds, exploded_at = timed_rollout(
+        model, system, start, n_steps, potential, out, settings.temperature, seed, record_every=1
+    )
+    topology = system.topology
+    ref_frames = ref_x.transpose(0, 1)  # (B, F, N, 3)
+    every = int(round(1.0 / dt))  # 1 ps, like the reference frames
+    # every 1 ps like the reference; a run that exploded early keeps all its frames
+    f_frames = (fx[every - 1 :: every] if len(fx) >= every else fx).transpose(0, 1)
+    ref_angles = phi_psi(ref_frames.reshape(-1, system.n_atoms, 3), topology)
+    f_angles = phi_psi(f_frames.reshape(-1, system.n_atoms, 3), topology)
+    bins = 36
+    ref_counts = effective_counts(ref_angles, None, bins)
+    js = js_divergence(effective_counts(f_angles, None, bins), ref_counts, 1.0)
+    # MD of the forecast's length (first part of every reference walker) vs the rest
+    n_same = max(1, min(f_frames.shape[1], ref_frames.shape[1] // 2))
+    same = phi_psi(ref_frames[:, :n_same].reshape(-1, system.n_atoms, 3), topology)
+    rest = phi_psi(ref_frames[:, n_same:].reshape(-1, system.n_atoms, 3), topology)
+    js_same_length = js_divergence(
+        effective_counts(same, None, bins), effective_counts(rest, None, bins), 1.0
+    )
+    # stability and energies
+    bonds = np.array([[a.index, b.index] for a, b in topology.bonds])
+    ref_b = _bond_lengths(ref_frames.numpy(), bonds)
+    f_b = _bond_lengths(fx.numpy(), bonds)
+    stretched = (f_b > 1.25 * ref_b.max(axis=(0, 1))).any(-1)  # (F, B)
+    with torch.no_grad():
+        sub = fx[:: max(1, len(fx) // 300)].reshape(-1, system.n_atoms, 3)
+        e_f = potential.energy(sub).numpy()
+        e_md = potential.energy(
+            ref_frames.reshape(-1, system.n_atoms, 3)[:: max(1, ref_frames.shape[1] * walkers // 1200)]
+        ).numpy()
+    k_f = internal_kinetic(fx, fv, system.masses, True)
+    n_dof = 3 * system.n_atoms - 6
+
+    plt = _plt()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4.4), dpi=110, sharey=True)
+    for ax, (angles, title) in zip(
+        axes,
+        [
+            (ref_angles, f"MD ({reference_ns:g} ns)"),
+            (f_angles, f"TrajCast ({len(fx) * dt * walkers / 1000:g} ns)"),
+        ],
+        strict=True,
+    ):
+        free_energy, edges = free_energy_2d(angles[:, 0], angles[:, 1], settings.temperature)
+        degrees = np.degrees(edges)
+        mesh = ax.pcolormesh(degrees, degrees, free_energy.T, cmap="viridis", vmax=30.0)
+        ax.set(xlabel="φ (degrees)", title=title, xlim=(-180, 180), ylim=(-180, 180))
+    axes[0].set_ylabel("ψ (degrees)")
+    figure.colorbar(mesh, ax=axes, label="free energy (kJ/mol)")
+    figure.savefig(out / "alanine_ramachandran.png")
+    plt.close(figure)
+    return {
+        "system": "alanine dipeptide, vacuum, Amber ff99SB-ILDN, 300 K",
+        "md_timestep_ps": settings.timestep,
+        "forecast_interval_ps": dt,
+        "interval_multiple": INTERVAL_STEPS,
+        "training": {"best_val_loss": result.best_val_loss, "steps": result.steps, "seconds": result.seconds,
+                     "md_data_seconds": timings["md_data_s"], "frames": int(data.positions.shape[0] * data.positions.shape[1]),
+                     "history": result.history},
+        "rollout": {"walkers": walkers, "forecast_steps_per_walker": len(fx), "requested_steps": n_steps,
+                    "exploded_at_step": exploded_at, "simulated_ps_per_walker": len(fx) * dt,
+                    "wall_s": forecast_seconds, "ps_per_s_all_walkers": walkers * len(fx) * dt / forecast_seconds,
+                    "stable": exploded_at is None and len(fx) == n_steps and not stretched.any(),
+                    "frames_with_a_bond_over_1.25x_md_max": int(stretched.sum())},
+        "reference_md": {"simulated_ns": n_ref * walkers / 1000, "wall_s": md_seconds},
+        "phi_psi_js": js,
+        "phi_psi_forecast_frames": int(f_frames.shape[0] * f_frames.shape[1]),
+        "phi_psi_js_md_same_length_vs_rest": js_same_length,
+        "phi_psi_md_half_vs_half": half_vs_half_divergences(ref_angles, bins),
+        "phi_psi_bins": bins,
+        "fraction_phi_positive": {"md": float((ref_angles[:, 0] > 0).mean()), "forecast": float((f_angles[:, 0] > 0).mean())},
+        "kinetic_forecast": canonical_kinetic_energy_check(k_f, n_dof, settings.temperature),
+        "potential_energy_kJ_per_mol": {"forecast_mean": float(e_f.mean()), "forecast_std": float(e_f.std()),
+                                        "md_mean": float(e_md.mean()), "md_std": float(e_md.std())},
+        "plots": [str(out / "alanine_ramachandran.png"),
+                  plot_kinetic({"TrajCast": k_f}, n_dof, settings.temperature, out / "alanine_kinetic.png")],
+    }  # fmt: skip
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("trajcast-example"))
+    parser.add_argument("--lj-minutes", type=float, default=12.0, help="LJ training wall time")
+    parser.add_argument("--alanine-minutes", type=float, default=10.0, help="alanine training wall time")
+    parser.add_argument("--steps", type=int, default=10_000, help="forecast steps per walker")
+    parser.add_argument("--rollout-steps", type=int, default=2, help="forecast steps in the training loss")
+    parser.add_argument(
+        "--lj-md-ps", type=float, default=30.0, help="LJ training MD per walker (4 walkers), ps"
+    )
+    parser.add_argument(
+        "--alanine-md-ps", type=float, default=60.0, help="alanine training MD per walker (4), ps"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", choices=["lj", "alanine"], help="run one study")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run (minutes)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.quick:
+        args.lj_minutes = args.alanine_minutes = 0.3
+        args.steps, args.lj_md_ps, args.alanine_md_ps = 200, 10.0, 10.0
+    report = {"settings": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}
+    start = time.perf_counter()
+    if args.only in (None, "lj"):
+        report["lennard_jones"] = lennard_jones_study(
+            args.output / "lj", args.lj_minutes, args.lj_md_ps, args.steps,
+            5.0 if args.quick else 150.0, args.seed, args.rollout_steps,
+        )  # fmt: skip
+        _save(args.output, report)
+    if args.only in (None, "alanine"):
+        report["alanine_dipeptide"] = alanine_study(
+            args.output / "alanine", args.alanine_minutes, args.alanine_md_ps, args.steps,
+            0.02 if args.quick else 1.2, 4, args.seed, args.rollout_steps,
+        )  # fmt: skip
+    report["total_s"] = time.perf_counter() - start
+    _save(args.output, report)
+    print(json.dumps(_summary(report), indent=2))
+    return report
+
+
+def _save(folder: Path, report: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=float))
+
+
+def _summary(report: dict) -> dict:
+    out = {"total_s": report.get("total_s")}
+    if "lennard_jones" in report:
+        lj = report["lennard_jones"]
+        out["lennard_jones"] = {
+            "interval": f"{lj['interval_multiple']} x {lj['md_timestep_ps']} ps",
+            "training_s": lj["training"]["seconds"], "rollout": lj["rollout"],
+            "rdf_distance": lj["rdf_distance"], "rdf_floor": lj["rdf_distance_md_half_vs_half"],
+            "diffusion": lj["diffusion_nm2_per_ps"],
+            "T_forecast": [lj["kinetic_forecast"][k] for k in ("temperature_mean_K", "temperature_std_K", "temperature_std_expected_K")],
+            "K_mean_sigma_away": lj["kinetic_forecast"]["mean_sigma_away"],
+            "K_var_relative_error": lj["kinetic_forecast"]["variance_relative_error"],
+            "epot": lj["potential_energy_kJ_per_mol"],
+        }  # fmt: skip
+    if "alanine_dipeptide" in report:
+        al = report["alanine_dipeptide"]
+        out["alanine_dipeptide"] = {
+            "interval": f"{al['interval_multiple']} x {al['md_timestep_ps']} ps",
+            "training_s": al["training"]["seconds"], "rollout": al["rollout"],
+            "phi_psi_js": al["phi_psi_js"], "js_md_same_length": al["phi_psi_js_md_same_length_vs_rest"],
+            "js_md_half_vs_half": al["phi_psi_md_half_vs_half"]["js"],
+            "fraction_phi_positive": al["fraction_phi_positive"],
+            "T_forecast": [al["kinetic_forecast"][k] for k in ("temperature_mean_K", "temperature_std_K", "temperature_std_expected_K")],
+            "K_mean_sigma_away": al["kinetic_forecast"]["mean_sigma_away"],
+            "K_var_relative_error": al["kinetic_forecast"]["variance_relative_error"],
+            "epot": al["potential_energy_kJ_per_mol"],
+        }  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    main()

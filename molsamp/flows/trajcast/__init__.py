@@ -1,0 +1,55 @@
+"""TrajCast-style force-free MD: an E(3)-equivariant network forecasts positions and velocities
+over intervals of many MD steps, with conserved momenta, a canonical thermostat and periodic
+wrapping (Thiemann et al., "Force-free molecular dynamics through autoregressive equivariant
+networks", 2025).
+
+* :class:`TrajCast` — the forecaster (``forecast`` → Δx, v'), :func:`save_forecaster`,
+  :func:`load_forecaster`.
+* :mod:`~molsamp.flows.trajcast.physics` — conservation layer, wrapping,
+  :class:`StochasticVelocityRescaling` (Bussi–Donadio–Parrinello).
+* :func:`train_forecaster` on :class:`TrajectoryData` (MD pairs at lag k·δt, multi-step loss).
+* :func:`rollout` — the driver, with molsamp reporters, checkpoints and guard.
+"""
+
+from molsamp.flows.trajcast.driver import ForecastIntegrator, FrameRecorder, UnknownEnergy, rollout
+from molsamp.flows.trajcast.model import TrajCast, load_forecaster, save_forecaster
+from molsamp.flows.trajcast.physics import (
+    StochasticVelocityRescaling,
+    angular_momentum,
+    center_of_mass,
+    conserve,
+    minimum_image,
+    wrap_positions,
+)
+from molsamp.flows.trajcast.training import (
+    ForecastTrainingConfig,
+    ForecastTrainingResult,
+    TrajectoryData,
+    fit_scales,
+    record_trajectory,
+    train_forecaster,
+    window_loss,
+)
+
+__all__ = [
+    "ForecastIntegrator",
+    "ForecastTrainingConfig",
+    "ForecastTrainingResult",
+    "FrameRecorder",
+    "StochasticVelocityRescaling",
+    "TrajCast",
+    "TrajectoryData",
+    "UnknownEnergy",
+    "angular_momentum",
+    "center_of_mass",
+    "conserve",
+    "fit_scales",
+    "load_forecaster",
+    "minimum_image",
+    "record_trajectory",
+    "rollout",
+    "save_forecaster",
+    "train_forecaster",
+    "window_loss",
+    "wrap_positions",
+]

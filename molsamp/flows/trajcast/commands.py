@@ -1,0 +1,147 @@
+"""``molsamp forecast train`` and ``molsamp forecast rollout``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
+    forecast = commands.add_parser("forecast", help="TrajCast force-free MD: train a forecaster, roll it out")
+    actions = forecast.add_subparsers(dest="forecast_command", required=True)
+
+    train = actions.add_parser("train", help="run reference MD and train a forecaster on it")
+    train.add_argument(
+        "--system", choices=["lennard_jones_fluid", "alanine_dipeptide"], default="lennard_jones_fluid"
+    )
+    train.add_argument("--output", type=Path, default=Path("molsamp-forecast"), help="output folder")
+    train.add_argument("--minutes", type=float, default=10.0, help="training wall time, minutes")
+    train.add_argument("--md-ps", type=float, default=50.0, help="training MD per walker, ps")
+    train.add_argument("--walkers", type=int, default=4, help="independent MD walkers for data")
+    train.add_argument(
+        "--interval-steps", type=int, default=10, help="forecast interval k in MD steps (Δt = k δt)"
+    )
+    train.add_argument("--stride", type=int, default=2, help="MD steps between stored frames (divides k)")
+    train.add_argument(
+        "--rollout-steps", type=int, default=1, help="forecast steps in the loss (multi-step rollout loss)"
+    )
+    train.add_argument("--channels", type=int, default=16)
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--quiet", action="store_true")
+
+    roll = actions.add_parser("rollout", help="forecast a trajectory with a trained model")
+    roll.add_argument("--model", type=Path, required=True, help="model.pt written by 'forecast train'")
+    roll.add_argument("--steps", type=int, default=10_000, help="forecast steps")
+    roll.add_argument("--output", type=Path, default=Path("molsamp-rollout"))
+    roll.add_argument(
+        "--temperature", type=float, help="thermostat temperature, K (default: the training one)"
+    )
+    roll.add_argument("--thermostat-ps", type=float, default=1.0, help="Bussi thermostat time constant, ps")
+    roll.add_argument("--no-thermostat", action="store_true")
+    roll.add_argument("--report-interval", type=int, default=10, help="forecast steps between frames/rows")
+    roll.add_argument("--checkpoint-interval", type=int, default=1000)
+    roll.add_argument("--resume", action="store_true")
+    roll.add_argument("--seed", type=int, default=0)
+    roll.add_argument("--quiet", action="store_true")
+
+
+def train_model(
+    system_name: str, minutes: float, md_ps: float, walkers: int, interval_steps: int, stride: int,
+    rollout_steps: int = 1, channels: int = 16, batch_size: int = 4, lr: float = 3e-3, seed: int = 0,
+    progress: bool = True,
+) -> tuple:  # fmt: skip
+    """Equilibrate, record MD, train. Returns (model, result, data, final MD state, timings)."""
+    from molsamp.flows.trajcast import recipes
+    from molsamp.flows.trajcast.model import TrajCast
+    from molsamp.flows.trajcast.training import ForecastTrainingConfig, train_forecaster
+
+    if interval_steps % stride:
+        raise ValueError(f"--stride {stride} must divide --interval-steps {interval_steps}")
+    settings = recipes.recipe(system_name)
+    system, state, potential = recipes.build(system_name, walkers, seed)
+    timings = {}
+    start = time.perf_counter()
+    state = recipes.equilibrate(system_name, system, state, potential, seed)
+    data, state = recipes.training_data(system_name, system, state, potential, md_ps, stride, seed)
+    timings["md_data_s"] = time.perf_counter() - start
+    train_set, val_set = data.split(0.1)
+    model = TrajCast(
+        system.atomic_numbers.unique().tolist(), interval_steps * settings.timestep, r_max=settings.r_max,
+        channels=channels, max_ell=settings.max_ell,
+    )  # fmt: skip
+    config = ForecastTrainingConfig(
+        lag=interval_steps // stride, rollout_steps=rollout_steps, batch_size=batch_size, lr=lr,
+        max_time_s=60.0 * minutes, seed=seed, progress=progress,
+    )  # fmt: skip
+    result = train_forecaster(model, train_set, val_set, config)
+    timings["training_s"] = result.seconds
+    return model, result, data, state, timings
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    from molsamp.flows.trajcast.model import save_forecaster
+
+    torch.manual_seed(args.seed)
+    model, result, _, state, timings = train_model(
+        args.system, args.minutes, args.md_ps, args.walkers, args.interval_steps, args.stride,
+        args.rollout_steps, args.channels, args.batch_size, args.lr, args.seed, not args.quiet,
+    )  # fmt: skip
+    out: Path = args.output
+    metadata = {
+        "system": args.system,
+        "interval_steps": args.interval_steps,
+        "start_positions": state.positions[0].tolist(),
+        "start_velocities": state.velocities[0].tolist(),
+    }
+    path = save_forecaster(model, out / "model.pt", metadata)
+    report = {
+        "best_val_loss": result.best_val_loss, "steps": result.steps, "timings": timings,
+        "scales": result.scales, "config": result.config, "history": result.history,
+    }  # fmt: skip
+    (out / "training.json").write_text(json.dumps(report, indent=2))
+    print(f"forecaster: {path} (interval {model.interval} ps = {args.interval_steps} MD steps)")
+    print(f"validation loss {result.best_val_loss:.4f} after {result.steps} steps, {result.seconds:.0f} s")
+
+
+def _run_rollout(args: argparse.Namespace) -> None:
+    from molsamp.flows.trajcast import recipes
+    from molsamp.flows.trajcast.driver import rollout
+    from molsamp.flows.trajcast.model import load_forecaster
+    from molsamp.io import CSVReporter, TrajectoryReporter
+    from molsamp.system import State
+
+    model, metadata = load_forecaster(args.model)
+    name = metadata.get("system")
+    system, state, potential = recipes.build(name)
+    if "start_positions" in metadata:
+        state = State.from_positions(metadata["start_positions"], metadata["start_velocities"], system.cell)
+    state = recipes.zero_momenta(system, state)
+    temperature = None if args.no_thermostat else (args.temperature or recipes.recipe(name).temperature)
+    out: Path = args.output
+    reporters = [
+        CSVReporter(out / "energies.csv", args.report_interval),
+        TrajectoryReporter(out / "trajectory.dcd", args.report_interval, system.topology),
+    ]
+    start = time.perf_counter()
+    final = rollout(
+        model, system, state, args.steps, temperature=temperature, thermostat_time=args.thermostat_ps,
+        generator=args.seed, potential=potential, reporters=reporters, checkpoint=out / "checkpoint.pt",
+        checkpoint_interval=args.checkpoint_interval, resume=args.resume, progress=not args.quiet,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    print(f"forecast {final.step} steps of {model.interval} ps = {final.time:.1f} ps in {seconds:.0f} s")
+    for path in (out / "energies.csv", out / "trajectory.dcd", out / "checkpoint.pt"):
+        print(path)
+
+
+def run_forecast(args: argparse.Namespace) -> None:
+    if args.forecast_command == "train":
+        _run_train(args)
+    else:
+        _run_rollout(args)

@@ -1,0 +1,326 @@
+"""Training a :class:`TrajCast` forecaster on MD trajectories.
+
+Data are segments of frames (positions and velocities) recorded every ``stride`` MD steps;
+a training example is a window of ``rollout_steps + 1`` frames at lag ``lag`` frames, i.e.
+pairs at Δt = k·δt with k = lag·stride. The loss of step j of a window is
+
+    |x̂_j − x_j|² / σ_x² + |v̂_j − v_j|² / σ_v²     (per element, mean over atoms and axes)
+
+with x̂, v̂ the model's own rollout from frame 0 (multi-step loss for ``rollout_steps > 1``,
+gradients through the whole rollout), position errors taken by minimum image, and σ the
+per-element training RMS of the residuals (the model's normalisation).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from molsamp.flows.trajcast.model import TrajCast
+from molsamp.flows.trajcast.physics import minimum_image
+from molsamp.integrators.base import Integrator
+from molsamp.potentials.neighbors import neighbor_pairs
+from molsamp.system import State, System
+
+
+@dataclass
+class TrajectoryData:
+    """MD frames of one system for forecaster training.
+
+    Attributes
+    ----------
+    system : the System (atomic numbers, masses, cell, pbc)
+    positions, velocities : (S, T, N, 3) float64, nm and nm/ps: S segments of T frames each
+    frame_time : ps between consecutive frames (stride × MD step)
+    """
+
+    system: System
+    positions: torch.Tensor
+    velocities: torch.Tensor
+    frame_time: float
+
+    def __post_init__(self) -> None:
+        if self.positions.ndim != 4 or self.positions.shape != self.velocities.shape:
+            raise ValueError(
+                f"positions and velocities must be (S, T, N, 3) of one shape, got {tuple(self.positions.shape)} "
+                f"and {tuple(self.velocities.shape)}"
+            )
+        if self.positions.shape[2] != self.system.n_atoms:
+            raise ValueError(f"frames have {self.positions.shape[2]} atoms, the system {self.system.n_atoms}")
+
+    def windows(self, lag: int, rollout_steps: int) -> torch.Tensor:
+        """(W, 2) (segment, first frame) of every window of rollout_steps + 1 frames at ``lag``."""
+        span = lag * rollout_steps
+        n_segments, n_frames = self.positions.shape[:2]
+        if span >= n_frames:
+            raise ValueError(
+                f"segments of {n_frames} frames are too short for {rollout_steps} steps at lag {lag}"
+            )
+        starts = torch.arange(n_frames - span)
+        return torch.cartesian_prod(torch.arange(n_segments), starts)
+
+    def split(self, val_fraction: float) -> tuple[TrajectoryData, TrajectoryData]:
+        """Time-ordered split of every segment: the last ``val_fraction`` of frames validate."""
+        n = self.positions.shape[1]
+        cut = n - max(1, int(round(val_fraction * n)))
+        return (
+            TrajectoryData(self.system, self.positions[:, :cut], self.velocities[:, :cut], self.frame_time),
+            TrajectoryData(self.system, self.positions[:, cut:], self.velocities[:, cut:], self.frame_time),
+        )
+
+
+def record_trajectory(
+    integrator: Integrator, system: System, state: State, n_frames: int, stride: int
+) -> tuple[TrajectoryData, State]:
+    """Run MD with ``integrator`` and keep every ``stride``-th step; each walker of ``state``
+    becomes one segment. Returns (data, final state). Uses :func:`simulate` (so an
+    OpenMM force field runs in OpenMM's engine)."""
+    from molsamp.flows.trajcast.driver import FrameRecorder
+    from molsamp.integrators import simulate
+
+    state = state.replace(step=0, time=0.0)  # frames at multiples of stride
+    recorder = FrameRecorder(stride)
+    recorder.start()
+    recorder.report(state, integrator)  # frame 0
+    state = simulate(
+        integrator, state, (n_frames - 1) * stride, reporters=[recorder], progress=False, guard=None
+    )
+    data = TrajectoryData(
+        system,
+        torch.stack(recorder.positions, 1),
+        torch.stack(recorder.velocities, 1),
+        stride * integrator.timestep,
+    )
+    return data, state
+
+
+@torch.no_grad()
+def fit_scales(model: TrajCast, data: TrajectoryData, lag: int) -> dict[str, list[float]]:
+    """Set the model's per-element normalisation from data at lag ``lag`` frames.
+
+    σ_x = RMS of Δx − vΔt, σ_v = RMS of v' − v, input scale = RMS of v (per element, over atoms
+    and axes); avg_num_neighbors = mean neighbour count within r_max.
+    """
+    if not math.isclose(lag * data.frame_time, model.interval, rel_tol=1e-6):
+        raise ValueError(
+            f"lag {lag} frames × {data.frame_time} ps = {lag * data.frame_time} ps differs from the "
+            f"model's interval {model.interval} ps"
+        )
+    system = data.system
+    x0, x1 = data.positions[:, :-lag], data.positions[:, lag:]
+    v0, v1 = data.velocities[:, :-lag], data.velocities[:, lag:]
+    dx = minimum_image(x1 - x0, system.cell, system.pbc)
+    species = model.species(system.atomic_numbers).cpu()
+    n_el = len(model.elements)
+
+    def per_element(values: torch.Tensor) -> torch.Tensor:  # (..., N, 3) → (n_el,)
+        msq = values.square().mean(dim=(0, 1, 3))  # (N,)
+        out = torch.zeros(n_el, dtype=torch.float64).index_add_(0, species, msq)
+        counts = torch.bincount(species, minlength=n_el).clamp_min(1)
+        return (out / counts).sqrt().clamp_min(1e-8)
+
+    sigma_x = per_element(dx - v0 * model.interval)
+    sigma_v = per_element(v1 - v0)
+    sigma_in = per_element(data.velocities)
+    all_frames = data.positions.reshape(-1, system.n_atoms, 3)
+    frames = all_frames[:: max(1, len(all_frames) // 20)]
+    neighbours = 0
+    for x in frames:
+        batch = torch.zeros(system.n_atoms, dtype=torch.int64)
+        cell = None if system.cell is None else system.cell[None]
+        neighbours += neighbor_pairs(x, model.r_max, batch, 1, cell, system.pbc).edge_index.shape[1]
+    avg = neighbours / (len(frames) * system.n_atoms)
+    model.displacement_scale.copy_(sigma_x)
+    model.velocity_scale.copy_(sigma_v)
+    model.input_velocity_scale.copy_(sigma_in)
+    model.avg_num_neighbors.fill_(max(avg, 1.0))
+    return {
+        "displacement_scale_nm": sigma_x.tolist(),
+        "velocity_scale_nm_per_ps": sigma_v.tolist(),
+        "input_velocity_scale_nm_per_ps": sigma_in.tolist(),
+        "avg_num_neighbors": avg,
+    }
+
+
+@dataclass
+class ForecastTrainingConfig:
+    """Settings of :func:`train_forecaster`.
+
+    Attributes
+    ----------
+    lag : frames between forecast steps (Δt = lag × frame_time)
+    rollout_steps : forecast steps per window (1: pairs; > 1: multi-step rollout loss)
+    rollout_weights : loss weight of each step (default all 1)
+    batch_size : windows per optimiser step
+    lr, final_lr_factor : Adam learning rate, cosine-decayed to lr × factor over the budget
+    max_steps : optimiser steps; max_time_s : wall-clock budget (whichever comes first)
+    ema_decay : exponential moving average of the weights that is validated and kept (0: off)
+    val_every : optimiser steps between validations
+    val_windows : validation windows used (evenly spread)
+    grad_clip : gradient-norm clip (0: off)
+    dtype : model and data dtype
+    seed : seeds initial weights and window sampling
+    """
+
+    lag: int = 1
+    rollout_steps: int = 1
+    rollout_weights: Sequence[float] | None = None
+    batch_size: int = 4
+    lr: float = 3e-3
+    final_lr_factor: float = 0.02
+    max_steps: int = 10**9
+    max_time_s: float = math.inf
+    ema_decay: float = 0.99
+    val_every: int = 200
+    val_windows: int = 64
+    grad_clip: float = 10.0
+    dtype: torch.dtype = torch.float32
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("lag", "rollout_steps", "batch_size", "max_steps", "val_every", "val_windows"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps == 10**9 and math.isinf(self.max_time_s):
+            raise ValueError("give max_steps or max_time_s (seconds): training needs a budget")
+        if self.rollout_weights is not None and len(self.rollout_weights) != self.rollout_steps:
+            raise ValueError(
+                f"rollout_weights needs {self.rollout_steps} entries, got {len(self.rollout_weights)}"
+            )
+
+
+def window_loss(
+    model: TrajCast, data: TrajectoryData, windows: torch.Tensor, lag: int, weights: Sequence[float]
+) -> tuple[torch.Tensor, list[float]]:
+    """Mean normalised rollout loss of ``windows`` (W, 2) and the loss of each step."""
+    system = data.system
+    device = model.displacement_scale.device
+    dtype = model.dtype
+    seg, start = windows[:, 0], windows[:, 1]
+    frames = start[:, None] + lag * torch.arange(len(weights) + 1)
+    x_true = data.positions[seg[:, None], frames].to(device, dtype)  # (W, K+1, N, 3)
+    v_true = data.velocities[seg[:, None], frames].to(device, dtype)
+    z = system.atomic_numbers.to(device)
+    masses = system.masses.to(device, dtype)
+    cell = None if system.cell is None else system.cell.to(device, dtype)
+    species = model.species(z)
+    sx = model.displacement_scale[species][:, None]
+    sv = model.velocity_scale[species][:, None]
+    x, v = x_true[:, 0], v_true[:, 0]
+    total, per_step = 0.0, []
+    for j, w in enumerate(weights, start=1):
+        dx, v = model.forecast(z, masses, x, v, cell, system.pbc)
+        x = x + dx
+        ex = minimum_image(x - x_true[:, j], cell, system.pbc) / sx
+        ev = (v - v_true[:, j]) / sv
+        step_loss = ex.square().mean() + ev.square().mean()
+        per_step.append(float(step_loss.detach()))
+        total = total + w * step_loss
+    return total / sum(weights), per_step
+
+
+@dataclass
+class ForecastTrainingResult:
+    model: TrajCast
+    best_val_loss: float
+    history: list[dict]
+    steps: int
+    seconds: float
+    scales: dict
+    config: dict
+
+
+def train_forecaster(
+    model: TrajCast,
+    train_data: TrajectoryData,
+    val_data: TrajectoryData,
+    config: ForecastTrainingConfig,
+    *,
+    fit: bool = True,
+) -> ForecastTrainingResult:
+    """Train ``model`` in place; the best validated (EMA) weights are loaded into it at the end."""
+    torch.manual_seed(config.seed)
+    model.to(config.dtype)
+    scales = fit_scales(model, train_data, config.lag) if fit else {}
+    weights = list(config.rollout_weights or [1.0] * config.rollout_steps)
+    train_windows = train_data.windows(config.lag, config.rollout_steps)
+    val_all = val_data.windows(config.lag, config.rollout_steps)
+    pick = torch.linspace(0, len(val_all) - 1, min(config.val_windows, len(val_all))).round().long()
+    val_windows = val_all[pick]
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, amsgrad=True)
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay)
+        )
+        if config.ema_decay > 0
+        else None
+    )
+    start = time.perf_counter()
+    best, best_state, history = math.inf, None, []
+    bar = tqdm(total=None, disable=not config.progress, unit="step", desc="trajcast")
+    step = 0
+
+    def validate() -> None:
+        nonlocal best, best_state
+        judged = ema.module if ema is not None else model
+        with torch.no_grad():
+            losses = [
+                window_loss(judged, val_data, chunk, config.lag, weights) for chunk in val_windows.split(16)
+            ]
+        loss = sum(
+            loss_value.item() * len(chunk)
+            for (loss_value, _), chunk in zip(losses, val_windows.split(16), strict=True)
+        )
+        loss /= len(val_windows)
+        first = sum(
+            steps_[0] * len(chunk) for (_, steps_), chunk in zip(losses, val_windows.split(16), strict=True)
+        ) / len(val_windows)
+        history.append(
+            {"step": step, "seconds": time.perf_counter() - start, "val_loss": loss, "val_one_step": first,
+             "lr": optimizer.param_groups[0]["lr"]}
+        )  # fmt: skip
+        if loss < best:
+            best, best_state = loss, copy.deepcopy(judged.state_dict())
+        bar.set_postfix(val=f"{loss:.4f}")
+
+    while step < config.max_steps:
+        elapsed = time.perf_counter() - start
+        if elapsed > config.max_time_s:
+            break
+        fraction = min(1.0, max(step / config.max_steps, elapsed / config.max_time_s))
+        lr_now = config.lr * (
+            config.final_lr_factor + (1 - config.final_lr_factor) * 0.5 * (1 + math.cos(math.pi * fraction))
+        )
+        for group in optimizer.param_groups:
+            group["lr"] = lr_now
+        chosen = train_windows[torch.randint(len(train_windows), (config.batch_size,), generator=generator)]
+        model.train()
+        loss, _ = window_loss(model, train_data, chosen, config.lag, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        step += 1
+        bar.update(1)
+        if step % config.val_every == 0:
+            validate()
+    validate()
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    settings = {
+        k: (v if isinstance(v, (int, float, bool, type(None))) else str(v)) for k, v in asdict(config).items()
+    }
+    return ForecastTrainingResult(model, best, history, step, time.perf_counter() - start, scales, settings)

@@ -1,0 +1,25 @@
+"""The TrajCast acceptance example and speed benchmark end to end, on a smoke budget."""
+
+import json
+import math
+
+import pytest
+
+from .test_examples_slow import load
+
+
+@pytest.mark.slow
+def test_trajcast_example_and_benchmark_smoke(tmp_path):
+    out = tmp_path / "tc"
+    report = load("examples/trajcast_forecast.py").main(["--output", str(out), "--quick"])
+    lj, alanine = report["lennard_jones"], report["alanine_dipeptide"]
+    assert lj["rollout"]["requested_steps"] == 200 and lj["interval_multiple"] == 10
+    assert math.isfinite(lj["rdf_distance"]) and math.isfinite(alanine["phi_psi_js"])
+    assert json.loads((out / "report.json").read_text())["alanine_dipeptide"]["interval_multiple"] == 10
+    for path in lj["plots"] + alanine["plots"]:
+        assert path.endswith(".png")
+    rows = load("benchmarks/trajcast_speed.py").main(
+        ["--models", str(out), "--forecast-steps", "10", "--repeats", "1"]
+    )
+    for name in ("lennard_jones_fluid", "alanine_dipeptide"):
+        assert all(rate > 0 for rate in rows[name]["ps_per_s"].values())
