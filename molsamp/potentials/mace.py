@@ -133,6 +133,8 @@ class MACE(GraphPotential):
     ``atomic_energies``, ``scale``, ``shift`` and ``avg_num_neighbors`` buffers directly.
     """
 
+    zero_beyond_cutoff = True  # polynomial envelope × bias-free radial MLP
+
     def __init__(
         self,
         elements: Sequence[int],
