@@ -48,3 +48,8 @@ def test_use_compile_is_off_by_default_and_can_be_switched_off():
     assert model._compile_options == {"dynamic": True, "mode": "max-autotune"}
     model.use_compile(False)
     assert model._network(create_graph=False) == model._atom_energies
+
+
+def test_mace_refuses_to_compile_with_the_reason():
+    with pytest.raises(NotImplementedError, match="e3nn"):
+        MODELS["mace"]().use_compile()
