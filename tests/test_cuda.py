@@ -44,6 +44,21 @@ def test_potential_on_cuda_matches_cpu(name, dtype):
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+def test_all_pairs_walkers_on_cuda_match_cpu(name):
+    """skin = inf: one pair list for good, no per-step sync; same energies and forces."""
+    cpu = MODELS[name](r_max=0.3).bind(ELEMENTS)
+    gpu = MODELS[name](r_max=0.3).bind(ELEMENTS).to("cuda")
+    gpu._cache.skin = math.inf
+    x = _walkers()
+    for scale in (1.0, 1.1):
+        energy, forces = cpu.energy_and_forces(x * scale)
+        energy_gpu, forces_gpu = gpu.energy_and_forces(x.cuda() * scale)
+        torch.testing.assert_close(energy_gpu.cpu(), energy, **TOLERANCE[torch.float64])
+        torch.testing.assert_close(forces_gpu.cpu(), forces, **TOLERANCE[torch.float64])
+    assert gpu._cache.n_builds == 1
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_predict_on_cuda_matches_cpu_with_stress(name):
     cpu = MODELS[name](r_max=0.3)
     gpu = MODELS[name](r_max=0.3).to("cuda")

@@ -205,7 +205,10 @@ class NeighborCache:
     Parameters
     ----------
     cutoff : nm
-    skin : nm, >= 0 (0 rebuilds on every call)
+    skin : nm, >= 0 (0 rebuilds on every call). ``math.inf`` keeps *all* pairs of each
+        isolated structure, found once and never rebuilt: no per-step check (a host sync on a
+        GPU) and fixed shapes, at the price of computing the pairs beyond the cutoff; meant
+        for small molecules on a GPU. Periodic cells need a finite skin.
     """
 
     def __init__(self, cutoff: float, skin: float):
@@ -230,7 +233,14 @@ class NeighborCache:
         :func:`neighbor_pairs`."""
         x = positions.detach()
         if self._stale(x, cell):
-            self._pairs = neighbor_pairs(x, self.cutoff + self.skin, batch, n_structures, cell, pbc)
+            if math.isinf(self.skin) and cell is not None:
+                raise ValueError(
+                    "skin=inf (all pairs) is for isolated structures; give a finite skin with a cell"
+                )
+            backend = "torch" if math.isinf(self.skin) else "auto"  # vesin needs a finite cutoff
+            self._pairs = neighbor_pairs(
+                x, self.cutoff + self.skin, batch, n_structures, cell, pbc, backend=backend
+            )
             self._reference = x.clone()
             self._cell = None if cell is None else cell.detach().clone()
             self.n_builds += 1
@@ -248,5 +258,7 @@ class NeighborCache:
             return True
         if self.skin == 0:
             return True
+        if math.isinf(self.skin):  # all pairs: valid wherever the atoms go
+            return False
         moved = (x - ref).square().sum(-1).max()
         return bool(moved > (0.5 * self.skin) ** 2)

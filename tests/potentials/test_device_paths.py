@@ -3,6 +3,8 @@ instead of dropped, the batched pair search, cached walker graphs and ``use_comp
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -57,3 +59,20 @@ def test_walker_graph_follows_a_new_binding():
     fresh = MODELS["mace"]().bind(swapped).energy(x)
     torch.testing.assert_close(second, fresh)
     assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_all_pairs_skin_is_built_once_and_changes_nothing(name, monkeypatch):
+    reference = MODELS[name](r_max=0.3).bind(ELEMENTS)
+    model = MODELS[name](r_max=0.3).bind(ELEMENTS)
+    model._cache.skin = math.inf
+    monkeypatch.setattr(model, "_keep_long_edges", lambda device: True)  # what CUDA does
+    x = _walkers()
+    for shift in (0.0, 0.05, 0.2):  # atoms moving far: still the same pair list
+        got, want = model.energy_and_forces(x * (1 + shift)), reference.energy_and_forces(x * (1 + shift))
+        torch.testing.assert_close(got[0], want[0], rtol=1e-12, atol=1e-10)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-10, atol=1e-10)
+    assert model._cache.n_builds == 1
+    assert model._cache._pairs.edge_index.shape[1] == 3 * 10 * 9  # every ordered pair
+    with pytest.raises(ValueError, match="isolated"):
+        model.energy_and_forces(x, 0.6 * torch.eye(3, dtype=torch.float64))
