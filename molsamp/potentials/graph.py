@@ -13,7 +13,7 @@ On a GPU the bound (MD) path keeps host round-trips out of the step: the walkers
 indices are cached on the device, and edges the Verlet skin adds beyond r_max are kept and
 contribute exactly zero (the radial envelope vanishes there) instead of being dropped with a
 data-dependent ``nonzero``. What remains is one small sync per step for the skin check of the
-neighbour cache. :meth:`GraphPotential.use_compile` runs the network through
+neighbour cache, and none with ``skin=math.inf`` (all pairs; isolated molecules). :meth:`GraphPotential.use_compile` runs the network through
 ``torch.compile`` for MD and inference.
 """
 
