@@ -83,16 +83,18 @@ class IndependenceMetropolis:
             proposal = proposal.to(positions)
             new_log_w = (-self.reduced_energy(proposal) - log_q.to(positions.dtype)).double()
         new_log_w = torch.where(torch.isfinite(new_log_w), new_log_w, torch.full_like(new_log_w, -math.inf))
-        uniform = torch.rand(positions.shape[0], generator=generator, dtype=torch.float64)
+        uniform = torch.rand(
+            positions.shape[0], generator=generator, dtype=torch.float64, device=generator.device
+        )
         log_ratio = torch.where(
             torch.isneginf(new_log_w),
             torch.full_like(new_log_w, -math.inf),
             torch.where(torch.isneginf(log_w), torch.zeros_like(new_log_w), new_log_w - log_w),
         )
-        accept = torch.log(uniform) < log_ratio.cpu()
-        accept_device = accept.to(positions.device)
-        positions = torch.where(accept_device[:, None, None], proposal, positions)
-        log_w = torch.where(accept_device.to(log_w.device), new_log_w, log_w)
+        # decided where the weights live: no copy to the host per step
+        accept = torch.log(uniform).to(log_ratio.device) < log_ratio
+        positions = torch.where(accept.to(positions.device)[:, None, None], proposal, positions)
+        log_w = torch.where(accept.to(log_w.device), new_log_w, log_w)
         return positions, log_w, accept
 
 
@@ -128,11 +130,11 @@ def flow_mcmc(
     positions = state.positions
     log_w = move.log_weight(positions)
     evaluations = positions.shape[0]
-    accepted = 0
-    records = []
+    accepted = torch.zeros((), dtype=torch.int64, device=log_w.device)
+    records = []  # kept on the device and copied once at the end (no host sync per iteration)
     for _ in range(n_iterations):
         positions, log_w, accept = move.apply(positions, log_w, generator)
-        accepted += int(accept.sum())
+        accepted += accept.sum()
         evaluations += positions.shape[0]
         if langevin_steps:
             state = simulate(
@@ -141,14 +143,14 @@ def flow_mcmc(
             positions = state.positions
             log_w = move.log_weight(positions)
             evaluations += positions.shape[0] * (langevin_steps + 1)
-        records.append(observe(positions).detach().cpu().double().numpy())
-    observables = np.stack(records)
+        records.append(observe(positions).detach())
+    observables = torch.stack(records).cpu().double().numpy()
     tau = np.array(
         [integrated_autocorrelation_time(observables[:, :, k]) for k in range(observables.shape[2])]
     )
     return FlowMCMCResult(
         observables=observables,
-        acceptance_rate=accepted / (n_iterations * positions.shape[0]),
+        acceptance_rate=int(accepted) / (n_iterations * positions.shape[0]),
         n_energy_evaluations=evaluations,
         tau=tau,
         ess=observables.shape[0] * observables.shape[1] / tau,

@@ -79,6 +79,14 @@ class Integrator:
         """Settings a checkpoint records so a resume with different settings is refused."""
         return {"integrator": type(self).__name__, "timestep": self.timestep}
 
+    def _masses_like(self, like: torch.Tensor) -> torch.Tensor:
+        """The (N,) masses on ``like``'s device and dtype, copied there once, not every call."""
+        key = (like.device, like.dtype)
+        cached = getattr(self, "_masses_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._masses_cache = (key, self.masses.to(like))
+        return cached[1]
+
     def _energy_and_forces(self, state: State) -> tuple[torch.Tensor, torch.Tensor]:
         if state.forces is not None and state.potential_energy is not None:
             return state.potential_energy, state.forces

@@ -95,7 +95,7 @@ class LangevinBAOAB(Integrator):
                 f"generator is on {self.generator.device} but the state is on {x.device}; "
                 "make the generator on the state's device"
             )
-        masses = self.masses.to(x)
+        masses = self._masses_like(x)
         inverse_mass = (1.0 / masses)[:, None]
         h = {letter: dt / word.count(letter) for letter in set(word)}
         use_noise = "O" in word and self.friction > 0

@@ -20,7 +20,7 @@ class VelocityVerlet(Integrator):
 
     def _step(self, state: State, n_steps: int) -> State:
         dt = self.timestep
-        inverse_mass = 1.0 / self.masses.to(state.positions)[:, None]
+        inverse_mass = 1.0 / self._masses_like(state.positions)[:, None]
         x, v = state.positions, state.velocities
         energy, forces = self._energy_and_forces(state)
         for _ in range(n_steps):

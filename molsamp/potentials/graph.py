@@ -8,6 +8,13 @@ A :class:`GraphPotential` evaluates either
 
 The total energy of a structure is Σ_i [E0(Z_i) + shift + scale · ε_i], where ε_i is the
 model's per-atom output and E0 are per-element reference energies (kJ/mol).
+
+On a GPU the bound (MD) path keeps host round-trips out of the step: the walkers' element
+indices are cached on the device, and edges the Verlet skin adds beyond r_max are kept and
+contribute exactly zero (the radial envelope vanishes there) instead of being dropped with a
+data-dependent ``nonzero``. What remains is one small sync per step for the skin check of the
+neighbour cache, and none with ``skin=math.inf`` (all pairs; isolated molecules). :meth:`GraphPotential.use_compile` runs the network through
+``torch.compile`` for MD and inference.
 """
 
 from __future__ import annotations
@@ -91,6 +98,11 @@ class GraphPotential(Potential):
     """
 
     accepts_cell = True
+    # messages of edges longer than r_max are exactly zero (subclasses with a smooth cutoff
+    # envelope and bias-free radial paths); lets the GPU path skip dropping them
+    zero_beyond_cutoff = False
+    # why torch.compile cannot trace the network, or None when it can
+    compile_blocker: str | None = None
 
     def __init__(self, elements: Sequence[int], r_max: float, skin: float = 0.05):
         super().__init__()
@@ -112,7 +124,36 @@ class GraphPotential(Potential):
         self._cache = NeighborCache(self.r_max, skin)
         self._bound: torch.Tensor | None = None
         self._pbc: tuple[bool, bool, bool] = (True, True, True)
+        self._walker_cache: dict = {}
+        self._compile_options: dict | None = None
+        self._compiled = None
         self.register_load_state_dict_post_hook(lambda module, _: module._refresh_constants())
+
+    def __getstate__(self):
+        # a compiled network is rebuilt on first use (compiled code does not deep-copy/pickle)
+        state = dict(self.__dict__)
+        state["_compiled"] = None
+        state["_walker_cache"] = {}
+        return state
+
+    def use_compile(self, enabled: bool = True, **options) -> GraphPotential:
+        """Run the network through ``torch.compile(**options)`` (default ``dynamic=True``: edge
+        counts change as atoms move) where no second derivative is needed: MD, sampling and
+        inference (``energy_and_forces``, ``energy_forces_stress``, ``predict`` without
+        ``create_graph``). Training (forces in the loss) stays eager, since compiled graphs do
+        not support double backward. Compilation happens on the first call; returns self."""
+        if enabled and self.compile_blocker is not None:
+            raise NotImplementedError(f"{type(self).__name__} cannot be compiled: {self.compile_blocker}")
+        self._compile_options = {"dynamic": True, **options} if enabled else None
+        self._compiled = None
+        return self
+
+    def _network(self, create_graph: bool):
+        if self._compile_options is None or create_graph:
+            return self._atom_energies
+        if self._compiled is None:
+            self._compiled = torch.compile(self._atom_energies, **self._compile_options)
+        return self._compiled
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
@@ -151,6 +192,7 @@ class GraphPotential(Potential):
         z = torch.as_tensor(atomic_numbers, dtype=torch.int64)
         self.species(z)  # validates
         self._bound = z
+        self._walker_cache = {}
         self.n_atoms = int(z.numel())
         self._pbc = tuple(bool(p) for p in pbc)
         return self
@@ -224,12 +266,16 @@ class GraphPotential(Potential):
         want_grad = forces or stress
         with torch.set_grad_enabled(want_grad or torch.is_grad_enabled()):
             all_vectors = edge_vectors(positions, pairs.edge_index, pairs.shifts, cell, batch)
-            keep = (all_vectors.detach().square().sum(-1) < self.r_max**2).nonzero().squeeze(-1)
-            edge_index = pairs.edge_index[:, keep]
-            vectors = all_vectors[keep]
+            if self._keep_long_edges(positions.device):
+                # no data-dependent shape (a host sync): long edges give zero messages
+                edge_index, vectors = pairs.edge_index, all_vectors
+            else:  # on the CPU dropping them is free and saves their work
+                keep = (all_vectors.detach().square().sum(-1) < self.r_max**2).nonzero().squeeze(-1)
+                edge_index = pairs.edge_index[:, keep]
+                vectors = all_vectors[keep]
             if want_grad and not vectors.requires_grad:
                 vectors.requires_grad_(True)
-            outputs = self._atom_energies(species, edge_index, vectors)
+            outputs = self._network(create_graph)(species, edge_index, vectors)
             atom_energy = (self.atomic_energies[species] + self.shift + self.scale * outputs).to(
                 positions.dtype
             )
@@ -256,6 +302,9 @@ class GraphPotential(Potential):
             result = {k: v.detach() for k, v in result.items()}
         return result
 
+    def _keep_long_edges(self, device: torch.device) -> bool:
+        return self.zero_beyond_cutoff and device.type != "cpu"
+
     def _walker_graph(self, positions: torch.Tensor, cell: torch.Tensor | None):
         if self._bound is None:
             raise ValueError(
@@ -264,10 +313,17 @@ class GraphPotential(Potential):
             )
         n_walkers, n_atoms, _ = positions.shape
         flat = positions.reshape(-1, 3)
-        batch = torch.arange(n_walkers, device=positions.device).repeat_interleave(n_atoms)
+        key = (positions.device, n_walkers)
+        if key not in self._walker_cache:  # built once per device and walker count, not per step
+            self._walker_cache = {
+                key: (
+                    self.species(self._bound).to(positions.device).repeat(n_walkers),
+                    torch.arange(n_walkers, device=positions.device).repeat_interleave(n_atoms),
+                )
+            }
+        species, batch = self._walker_cache[key]
         cells = None if cell is None else cell.to(positions).expand(n_walkers, 3, 3)
         pairs = self._cache.pairs(flat, batch, n_walkers, cells, self._pbc)
-        species = self.species(self._bound).to(positions.device).repeat(n_walkers)
         return species, flat, batch, n_walkers, cells, pairs
 
     def _energy(self, positions: torch.Tensor, cell: torch.Tensor | None) -> torch.Tensor:

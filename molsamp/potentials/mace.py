@@ -133,6 +133,12 @@ class MACE(GraphPotential):
     ``atomic_energies``, ``scale``, ``shift`` and ``avg_num_neighbors`` buffers directly.
     """
 
+    zero_beyond_cutoff = True  # polynomial envelope × bias-free radial MLP
+    compile_blocker = (
+        "torch.compile (dynamo) fails on e3nn's irreps (e3nn 0.6: Irrep.__len__ raises inside "
+        "dynamo's guards); run MACE eager, or compile TensorNet"
+    )
+
     def __init__(
         self,
         elements: Sequence[int],

@@ -31,6 +31,9 @@ except ImportError:  # pragma: no cover - exercised only without vesin
     _vesin = None
 
 
+_BATCHED_PAIR_BUDGET = 2**24  # candidate pairs searched at once (memory ~ 16 bytes each)
+
+
 @dataclass(frozen=True)
 class PairList:
     """Pairs of a batch of structures, flattened over all their atoms.
@@ -111,6 +114,13 @@ def neighbor_pairs(
     if use_vesin and _vesin is None:
         raise ImportError("backend='vesin' needs the vesin package: pip install vesin")
     counts = torch.bincount(batch, minlength=n_structures).tolist()
+    if (
+        not use_vesin
+        and (cell is None or not any(pbc))
+        and len(set(counts)) == 1
+        and n_structures * counts[0] ** 2 <= _BATCHED_PAIR_BUDGET
+    ):  # B walkers of one molecule (the MD path on a GPU): one search for all of them
+        return _torch_pairs_same_size(positions, cutoff, n_structures)
     starts = [0]
     for count in counts[:-1]:
         starts.append(starts[-1] + count)
@@ -140,6 +150,19 @@ def _vesin_pairs(x, cutoff, box, pbc):
         torch.from_numpy(j.astype(np.int64)).to(device),
         torch.from_numpy(s.astype(np.float64)).to(device),
     )
+
+
+def _torch_pairs_same_size(positions: torch.Tensor, cutoff: float, n_structures: int) -> PairList:
+    """Isolated structures of equal size, searched together: (S, n, n) distances, one
+    ``nonzero``. Same pairs in the same order as searching each structure in turn."""
+    with torch.no_grad():
+        x = positions.detach().reshape(n_structures, -1, 3)
+        n = x.shape[1]
+        within = (x[:, None, :, :] - x[:, :, None, :]).square().sum(-1) < cutoff * cutoff
+        within &= ~torch.eye(n, dtype=torch.bool, device=x.device)
+        s, i, j = torch.nonzero(within, as_tuple=True)
+        edge_index = torch.stack([i, j]) + s * n
+    return PairList(edge_index, torch.zeros(edge_index.shape[1], 3, dtype=positions.dtype, device=x.device))
 
 
 def _torch_pairs(x, cutoff, box, pbc):
@@ -182,7 +205,10 @@ class NeighborCache:
     Parameters
     ----------
     cutoff : nm
-    skin : nm, >= 0 (0 rebuilds on every call)
+    skin : nm, >= 0 (0 rebuilds on every call). ``math.inf`` keeps *all* pairs of each
+        isolated structure, found once and never rebuilt: no per-step check (a host sync on a
+        GPU) and fixed shapes, at the price of computing the pairs beyond the cutoff; meant
+        for small molecules on a GPU. Periodic cells need a finite skin.
     """
 
     def __init__(self, cutoff: float, skin: float):
@@ -207,7 +233,14 @@ class NeighborCache:
         :func:`neighbor_pairs`."""
         x = positions.detach()
         if self._stale(x, cell):
-            self._pairs = neighbor_pairs(x, self.cutoff + self.skin, batch, n_structures, cell, pbc)
+            if math.isinf(self.skin) and cell is not None:
+                raise ValueError(
+                    "skin=inf (all pairs) is for isolated structures; give a finite skin with a cell"
+                )
+            backend = "torch" if math.isinf(self.skin) else "auto"  # vesin needs a finite cutoff
+            self._pairs = neighbor_pairs(
+                x, self.cutoff + self.skin, batch, n_structures, cell, pbc, backend=backend
+            )
             self._reference = x.clone()
             self._cell = None if cell is None else cell.detach().clone()
             self.n_builds += 1
@@ -225,5 +258,7 @@ class NeighborCache:
             return True
         if self.skin == 0:
             return True
+        if math.isinf(self.skin):  # all pairs: valid wherever the atoms go
+            return False
         moved = (x - ref).square().sum(-1).max()
         return bool(moved > (0.5 * self.skin) ** 2)

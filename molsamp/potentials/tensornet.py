@@ -155,6 +155,8 @@ class TensorNet(GraphPotential):
     dtype : parameter dtype (the global default is never changed)
     """
 
+    zero_beyond_cutoff = True  # polynomial envelope × radial weights and pair embeddings
+
     def __init__(
         self,
         elements: Sequence[int],

@@ -4,6 +4,14 @@ Loss = w_E · mean((ΔE / N)²) + w_F · mean(ΔF²) [+ w_S · mean(Δσ²)], en
 forces kJ/mol/nm, stress kJ/mol/nm³. A second stage (as in MACE's training recipe) raises the
 energy weight and lowers the learning rate for the last part of the run. Validation uses an
 exponential moving average (EMA) of the weights; the best EMA weights are kept and saved.
+
+Data-parallel training (``train(..., distributed=True)`` under ``torchrun``): every rank
+holds the whole data set, draws the same seeded order each epoch and takes its own slice of
+each global batch of ``batch_size × world size`` structures; gradients are averaged by
+:class:`~torch.nn.parallel.DistributedDataParallel` (gloo on CPU, NCCL on CUDA) and the
+loss is normalised by the counts of the *global* batch, so a step equals one step of
+single-process training on the combined batch. Validation metrics are summed over ranks;
+rank 0 alone writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from molsamp.distributed import agree_max, all_reduce_sum, rank_and_world_size
 from molsamp.potentials.datasets import AtomsDataset, Structure
 from molsamp.potentials.graph import GraphPotential
 from molsamp.potentials.neighbors import PairList, neighbor_pairs
@@ -30,7 +39,8 @@ class TrainingConfig:
     Attributes
     ----------
     max_epochs : upper bound on passes over the training set
-    batch_size : structures per step
+    batch_size : structures per step (per rank when training is distributed, so a step
+        sees ``batch_size × world size`` structures)
     lr : initial learning rate
     weight_decay : AdamW decoupled weight decay (0 gives Adam)
     amsgrad : use the AMSGrad variant
@@ -183,25 +193,51 @@ def _predict(model: GraphPotential, batch: Batch, stress: bool, create_graph: bo
     )
 
 
-def _loss(out: dict, batch: Batch, weights: tuple[float, float, float]) -> torch.Tensor:
+def _loss(
+    out: dict,
+    batch: Batch,
+    weights: tuple[float, float, float],
+    totals: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
+    """The training loss; with ``totals`` = (structures, force components, stress components)
+    of a larger (global) batch, the sums over this batch are divided by those counts instead
+    of taking means, so the losses of a batch's slices add up to the loss of the batch."""
     w_e, w_f, w_s = weights
-    loss = w_e * ((out["energy"] - batch.energy) / batch.n_atoms).square().mean()
-    loss = loss + w_f * (out["forces"] - batch.forces).square().mean()
+    if totals is None:
+        loss = w_e * ((out["energy"] - batch.energy) / batch.n_atoms).square().mean()
+        loss = loss + w_f * (out["forces"] - batch.forces).square().mean()
+        if w_s and batch.stress is not None:
+            loss = loss + w_s * (out["stress"] - batch.stress).square().mean()
+        return loss
+    n_structures, n_force, n_stress = totals
+    loss = w_e * ((out["energy"] - batch.energy) / batch.n_atoms).square().sum() / n_structures
+    loss = loss + w_f * (out["forces"] - batch.forces).square().sum() / n_force
     if w_s and batch.stress is not None:
-        loss = loss + w_s * (out["stress"] - batch.stress).square().mean()
+        loss = loss + w_s * (out["stress"] - batch.stress).square().sum() / n_stress
     return loss
 
 
 def evaluate(model: GraphPotential, batches: list[Batch], weights=(1.0, 1.0, 0.0)) -> dict[str, float]:
     """Loss and errors over ``batches``: energy per atom (kJ/mol), forces (kJ/mol/nm, per
-    component), stress (kJ/mol/nm³), plus the mean force magnitude and the relative force MAE."""
-    sums = {"loss": 0.0, "e_abs": 0.0, "e_sq": 0.0, "f_abs": 0.0, "f_sq": 0.0, "f_norm": 0.0}
+    component), stress (kJ/mol/nm³), plus the mean force magnitude and the relative force MAE.
+
+    The loss is that of all structures as one batch, whatever the batching (so ranks holding
+    different shares, or runs with other batch sizes, judge alike)."""
+    return _metrics(_error_sums(model, batches), weights)
+
+
+_SUM_NAMES = ("e_abs", "e_sq", "f_abs", "f_sq", "f_norm", "s_abs", "s_sq")
+_COUNT_NAMES = ("n_struct", "n_comp", "n_atoms", "n_stress")
+
+
+def _error_sums(model: GraphPotential, batches: list[Batch]) -> dict[str, float]:
+    """The sums and counts :func:`evaluate` turns into metrics (additive over batches and ranks)."""
+    sums = {"e_abs": 0.0, "e_sq": 0.0, "f_abs": 0.0, "f_sq": 0.0, "f_norm": 0.0}
     sums.update(s_abs=0.0, s_sq=0.0)
     n_struct = n_comp = n_atoms = n_stress = 0
     for batch in batches:
         want_stress = batch.stress is not None
         out = _predict(model, batch, want_stress, create_graph=False)
-        sums["loss"] += float(_loss(out, batch, weights)) * len(batch.energy)
         de = (out["energy"] - batch.energy) / batch.n_atoms
         df = out["forces"] - batch.forces
         sums["e_abs"] += float(de.abs().sum())
@@ -217,8 +253,29 @@ def evaluate(model: GraphPotential, batches: list[Batch], weights=(1.0, 1.0, 0.0
         n_struct += len(batch.energy)
         n_comp += df.numel()
         n_atoms += df.shape[0]
+    return {**sums, "n_struct": n_struct, "n_comp": n_comp, "n_atoms": n_atoms, "n_stress": n_stress}
+
+
+def _reduced_error_sums(sums: dict[str, float]) -> dict[str, float]:
+    """``sums`` added over all ranks (float64, one all-reduce)."""
+    names = _SUM_NAMES + _COUNT_NAMES
+    total = all_reduce_sum(torch.tensor([float(sums[k]) for k in names], dtype=torch.float64))
+    reduced = dict(zip(names, total.tolist(), strict=True))
+    for name in _COUNT_NAMES:
+        reduced[name] = round(reduced[name])
+    return reduced
+
+
+def _metrics(sums: dict[str, float], weights) -> dict[str, float]:
+    n_struct, n_comp, n_atoms, n_stress = (sums[k] for k in _COUNT_NAMES)
+    if not n_struct:
+        raise ValueError("no validation structures to evaluate; give a non-empty validation set")
+    w_e, w_f, w_s = weights
+    loss = w_e * sums["e_sq"] / n_struct + w_f * sums["f_sq"] / n_comp
+    if w_s and n_stress:
+        loss += w_s * sums["s_sq"] / n_stress
     metrics = {
-        "loss": sums["loss"] / n_struct,
+        "loss": loss,
         "energy_mae_per_atom": sums["e_abs"] / n_struct,
         "energy_rmse_per_atom": math.sqrt(sums["e_sq"] / n_struct),
         "forces_mae": sums["f_abs"] / n_comp,
@@ -251,12 +308,21 @@ def train(
     config: TrainingConfig | None = None,
     *,
     fit_stats: bool = True,
+    distributed: bool = False,
 ) -> TrainingResult:
     """Train ``model`` in place on ``train_set``; select by loss on ``val_set``.
 
     Returns the best EMA weights (copied into ``model`` too) and the metrics history.
+
+    With ``distributed=True`` and a process group (``torchrun`` and
+    :func:`molsamp.distributed.init_from_environment`), every rank calls ``train`` with the
+    same data, model and config and trains its shard (see the module docstring); the result
+    is the same on every rank, and only rank 0 writes ``config.checkpoint``. Without a process
+    group it is plain training. The model must be on this rank's device
+    (:func:`molsamp.distributed.local_device`).
     """
     config = config or TrainingConfig()
+    rank, world = rank_and_world_size() if distributed else (0, 1)
     torch.manual_seed(config.seed)
     device = model.atomic_energies.device
     model.to(config.dtype)
@@ -265,11 +331,16 @@ def train(
     with_stress = config.stress_weight > 0 and train_set.has_stress
     if config.stress_weight > 0 and not with_stress:
         raise ValueError("stress_weight > 0 but the training set has no stress; set it to 0")
+    if world > 1 and len(train_set) < world:
+        raise ValueError(f"{len(train_set)} training structures cannot be shared by {world} ranks")
     generator = torch.Generator().manual_seed(config.seed)
     val_batches = [
         collate(val_set.structures[k : k + config.batch_size], model.r_max, config.dtype, device)
-        for k in range(0, len(val_set), config.batch_size)
-    ]
+        for k in range(rank * config.batch_size, len(val_set), config.batch_size * world)
+    ]  # every rank validates its share; the sums are added over ranks
+    # the step runs through DDP (gradients averaged over ranks as backward runs); DDP also
+    # broadcasts rank 0's weights and buffers when it wraps the model
+    step_model = _DistributedPredictor(model) if world > 1 else None
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, amsgrad=config.amsgrad
     )
@@ -286,11 +357,16 @@ def train(
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     stage_two = config.stage_two_fraction >= 1
-    bar = tqdm(total=config.max_epochs, disable=not config.progress, unit="epoch", desc="train")
+    bar = tqdm(total=config.max_epochs, disable=not config.progress or rank != 0, unit="epoch", desc="train")
     epoch, val_seconds, out_of_time = 0, 0.0, False
+    timed = math.isfinite(config.max_time_s)
 
-    def enter_stage_two(epoch: int) -> bool:
+    def clock() -> float:
+        """Seconds since the start; the same on every rank when decisions depend on it."""
         elapsed = time.perf_counter() - start
+        return agree_max(elapsed) if world > 1 and timed else elapsed
+
+    def enter_stage_two(epoch: int, elapsed: float) -> bool:
         return not stage_two and (
             epoch > config.stage_two_fraction * config.max_epochs
             or elapsed > config.stage_two_fraction * config.max_time_s
@@ -300,42 +376,54 @@ def train(
         model.train()
         order = torch.randperm(len(train_set), generator=generator).tolist()
         train_loss, seen = 0.0, 0
-        for k in range(0, len(order), config.batch_size):
-            if enter_stage_two(epoch):
+        for k in range(0, len(order), config.batch_size * world):
+            indices, totals = _shard(train_set, order[k : k + config.batch_size * world], rank, world)
+            if not indices:  # a last global batch smaller than the number of ranks
+                break
+            elapsed = clock()
+            if enter_stage_two(epoch, elapsed):
                 stage_two = True
                 weights[0] = config.stage_two_energy_weight
                 for group in optimizer.param_groups:
                     group["lr"] *= config.stage_two_lr_factor
                 best_loss, stale = math.inf, 0  # the loss changed meaning
             # leave room for the validation pass within the time budget
-            if time.perf_counter() - start + val_seconds > config.max_time_s and seen:
+            if elapsed + val_seconds > config.max_time_s and seen:
                 out_of_time = True
                 break
-            batch = collate(
-                [train_set[i] for i in order[k : k + config.batch_size]],
-                model.r_max, config.dtype, device,
-            )  # fmt: skip
+            batch = collate([train_set[i] for i in indices], model.r_max, config.dtype, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = _loss(_predict(model, batch, with_stress, True), batch, weights)
-            loss.backward()
+            if step_model is None:
+                loss = _loss(_predict(model, batch, with_stress, True), batch, weights)
+                loss.backward()
+            else:
+                # this rank's part of the global batch's loss; DDP averages gradients over
+                # ranks, so × world makes their mean the gradient of the global loss
+                loss = _loss(step_model(batch, with_stress), batch, weights, totals)
+                (loss * world).backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
-            train_loss += float(loss.detach()) * len(batch.energy)
-            seen += len(batch.energy)
-        val_start = time.perf_counter()
+            n_global = len(batch.energy) if totals is None else totals[0]
+            train_loss += float(loss.detach()) * n_global  # one sync per step; fine on GPU too
+            seen += n_global
+        if world > 1:  # the ranks' losses are parts of the global losses: add them up
+            train_loss = float(all_reduce_sum(torch.tensor([train_loss], dtype=torch.float64))[0])
+        val_start = clock()
         judged = ema.module if ema is not None else model
         judged.eval()
-        metrics = evaluate(judged, val_batches, tuple(weights))
-        val_seconds = time.perf_counter() - val_start
+        sums = _error_sums(judged, val_batches)
+        metrics = _metrics(_reduced_error_sums(sums) if world > 1 else sums, tuple(weights))
+        val_end = clock()
+        val_seconds = val_end - val_start
         metrics.update(
             epoch=epoch,
             train_loss=train_loss / max(seen, 1),
             lr=optimizer.param_groups[0]["lr"],
             stage=2 if stage_two else 1,
-            seconds=time.perf_counter() - start,
+            seconds=val_end,
         )
         history.append(metrics)
         if scheduler is not None:
@@ -346,7 +434,7 @@ def train(
         if metrics["loss"] < best_loss:
             best_loss, best_metrics, stale = metrics["loss"], metrics, 0
             best_state = copy.deepcopy(judged.state_dict())
-            if config.checkpoint is not None:
+            if config.checkpoint is not None and rank == 0:
                 _save_best(model, best_state, config.checkpoint)
         else:
             stale += 1
@@ -359,6 +447,66 @@ def train(
         model.load_state_dict(best_state)
     settings = {k: str(v) if not isinstance(v, int | float | bool) else v for k, v in asdict(config).items()}
     return TrainingResult(model, best_metrics, history, epoch, time.perf_counter() - start, settings)
+
+
+def _shard(
+    dataset: AtomsDataset, indices: list[int], rank: int, world: int
+) -> tuple[list[int], tuple[int, int, int] | None]:
+    """This rank's slice of a global batch, and the global batch's counts (structures, force
+    components, stress components) to normalise the loss by (None for one process).
+
+    The batch is split into ``world`` nearly equal contiguous slices; a batch with fewer
+    structures than ranks (the end of an epoch) is skipped by every rank alike.
+    """
+    if world == 1:
+        return indices, None
+    if len(indices) < world:
+        return [], None
+    size, extra = divmod(len(indices), world)
+    start = rank * size + min(rank, extra)
+    mine = indices[start : start + size + (rank < extra)]
+    n_atoms = sum(dataset[i].atomic_numbers.shape[0] for i in indices)
+    return mine, (len(indices), 3 * n_atoms, 9 * len(indices))
+
+
+class _DistributedPredictor(torch.nn.Module):
+    """The training forward pass (energies, forces, stress of a :class:`Batch`) wrapped in
+    :class:`~torch.nn.parallel.DistributedDataParallel`.
+
+    Forces are gradients of the energy with respect to edge vectors taken inside the forward
+    pass (``create_graph=True``); parameter gradients, and with them DDP's all-reduce, come
+    only from the loss's ``backward``.
+    """
+
+    def __init__(self, model: GraphPotential):
+        super().__init__()
+        from torch.nn.parallel import DistributedDataParallel
+
+        self.inner = _Predictor(model)
+        # buffers (E0s, scale, shift) are identical on every rank after the broadcast made
+        # when wrapping; re-broadcasting them every step would only cost time
+        import inspect
+
+        no_resync = (
+            {"forward_sync_buffers": False}  # torch >= 2.13 deprecates broadcast_buffers
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else {"broadcast_buffers": False}
+        )
+        self.ddp = DistributedDataParallel(
+            self.inner, device_ids=None, find_unused_parameters=False, **no_resync
+        )
+
+    def forward(self, batch: Batch, stress: bool) -> dict:
+        return self.ddp(batch, stress)
+
+
+class _Predictor(torch.nn.Module):
+    def __init__(self, model: GraphPotential):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, stress: bool) -> dict:
+        return _predict(self.model, batch, stress, create_graph=True)
 
 
 def _scheduler(optimizer, config: TrainingConfig):
