@@ -68,6 +68,11 @@ def soften_energy(reduced_energy: torch.Tensor, high: float) -> torch.Tensor:
 
 # reverse-KL samples a history row needs before its ESS can select the weights (keep_best)
 MIN_SELECTION_SAMPLES = 1000
+# keep_best with λ > 0: the best windows are re-measured on fresh samples of their own weights
+# (a window pools samples of 25-odd different parameter sets, and a few thousand heavy-tailed
+# weights rank flows noisily)
+RESELECTION_CANDIDATES = 3
+RESELECTION_SAMPLES = 8192
 
 
 class BoltzmannGenerator(torch.nn.Module):
@@ -284,9 +289,12 @@ class BoltzmannGenerator(torch.nn.Module):
             the overfitting signal (training NLL falling while this rises ruins the ESS)
         keep_best : end with the weights of the best history row instead of the last: the
             highest Kish ESS fraction of the reverse-KL samples drawn since the previous row
-            ("window_ess", counted once they are ≥ ``MIN_SELECTION_SAMPLES``) when λ > 0, else the lowest ``validation_nll`` (needs
-            ``validation``). Both are measured during training, never on the samples that
-            are reweighted afterwards.
+            ("window_ess", counted once they are ≥ ``MIN_SELECTION_SAMPLES``) when λ > 0, else
+            the lowest ``validation_nll`` (needs ``validation``). With λ > 0 the
+            ``RESELECTION_CANDIDATES`` best windows' weights are then re-measured on
+            ``RESELECTION_SAMPLES`` fresh draws each and the highest ESS kept (the last history
+            row records them under ``reselection`` and ``kept_step``). All of it is measured
+            during training, never on the samples that are reweighted afterwards.
 
         The learning rate follows a cosine from ``learning_rate`` to 1/20 of it over
         ``n_steps`` or over ``time_limit_s``, whichever ends first.
@@ -307,6 +315,7 @@ class BoltzmannGenerator(torch.nn.Module):
         history, start = [], now()
         window: list[torch.Tensor] = []  # reverse-KL log-weights since the last history row
         best_score, best_state = -math.inf, None
+        candidates: list[tuple[float, int, dict]] = []  # (window ESS, step, weights), λ > 0 only
         for step in range(n_steps):
             progress = step / max(n_steps, 1)
             if time_limit_s is not None and time_limit_s > 0:
@@ -362,11 +371,31 @@ class BoltzmannGenerator(torch.nn.Module):
                 if keep_best and eligible and score is not None and score > best_score:
                     best_score, best_state = score, copy.deepcopy(self.flow.state_dict())
                     row["kept"] = True
+                if keep_best and uses_kl and eligible and score is not None:
+                    candidates.append((score, step, copy.deepcopy(self.flow.state_dict())))
+                    candidates = sorted(candidates, key=lambda c: -c[0])[:RESELECTION_CANDIDATES]
                 history.append(row)
                 if callback is not None:
                     callback(row)
             if last:
                 break
+        if len(candidates) > 1:
+            best_state = self._reselect(candidates, generator, history)
         if best_state is not None:
             self.flow.load_state_dict(best_state)
         return history
+
+    def _reselect(
+        self, candidates: list[tuple[float, int, dict]], generator: torch.Generator, history: list[dict]
+    ) -> dict:
+        """The candidate weights with the highest Kish ESS fraction on RESELECTION_SAMPLES fresh
+        draws; the last history row records them (``reselection``: step, window and fresh ESS
+        per candidate; ``kept_step``)."""
+        measured = []
+        for window_ess, step, state in candidates:
+            self.flow.load_state_dict(state)
+            fresh = ess_fraction(self.draw(RESELECTION_SAMPLES, generator).log_weights)
+            measured.append({"step": step, "window_ess": window_ess, "fresh_ess": fresh})
+        best = max(range(len(candidates)), key=lambda i: measured[i]["fresh_ess"])
+        history[-1].update(reselection=measured, kept_step=candidates[best][1])
+        return candidates[best][2]

@@ -166,3 +166,33 @@ def test_keep_best_ends_with_the_selected_weights_and_the_learning_rate_decays()
     assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
     with pytest.raises(ValueError, match="pass validation frames"):
         bg.train(frames, torch.Generator().manual_seed(3), n_steps=1, keep_best=True)
+
+
+def test_mixed_phase_keep_best_reselects_the_top_windows_on_fresh_samples(monkeypatch):
+    monkeypatch.setattr("molsamp.flows.boltzmann.RESELECTION_SAMPLES", 2000)
+    bg, frames = chain_generator(dtype=torch.float32)
+    weights_at_step = {}
+
+    def remember(row):
+        weights_at_step[row["step"]] = {k: v.clone() for k, v in bg.flow.state_dict().items()}
+
+    history = bg.train(
+        frames,
+        torch.Generator().manual_seed(5),
+        n_steps=60,
+        batch_size=128,
+        kl_batch_size=256,
+        kl_weight=0.5,
+        learning_rate=2e-2,
+        keep_best=True,
+        log_every=5,  # 5 steps × 256 samples pool ≥ MIN_SELECTION_SAMPLES
+        callback=remember,
+    )
+    windows = sorted((row["window_ess"] for row in history[1:]), reverse=True)[:3]  # row 0 pools one batch
+    measured = history[-1]["reselection"]
+    assert sorted(c["window_ess"] for c in measured) == sorted(windows)
+    assert all(0.0 < c["fresh_ess"] <= 1.0 for c in measured)
+    kept = max(measured, key=lambda c: c["fresh_ess"])["step"]
+    assert history[-1]["kept_step"] == kept
+    for name, value in bg.flow.state_dict().items():
+        torch.testing.assert_close(value, weights_at_step[kept][name])
