@@ -38,7 +38,11 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("boltzmann-alanine"))
     parser.add_argument(
-        "--training-frames", type=Path, help="(S, 22, 3) .npy MD frames in nm (else simulated)"
+        "--training-frames",
+        type=Path,
+        nargs="+",
+        help="(S, 22, 3) .npy MD frames in nm, one file per run (e.g. runs started in different "
+        "basins); else simulated",
     )
     parser.add_argument(
         "--reference-frames", type=Path, help="(S, 22, 3) .npy long-MD frames in nm (else simulated)"
@@ -52,6 +56,9 @@ def main(argv=None) -> dict:
         "--ml-fraction", type=float, default=0.35, help="share of the budget on pure likelihood"
     )
     parser.add_argument("--kl-weight", type=float, default=0.5, help="λ of the mixed phase")
+    parser.add_argument(
+        "--kl-learning-rate", type=float, default=3e-4, help="initial learning rate of the mixed phase"
+    )
     parser.add_argument(
         "--clock",
         choices=["wall", "cpu"],
@@ -70,7 +77,8 @@ def main(argv=None) -> dict:
             return torch.from_numpy(np.load(path)).double()
         return md_frames("implicit", TEMPERATURE, args.md_ns, interval_ps=1.0, seed=seed)
 
-    training = frames(args.training_frames, args.seed + 1)
+    runs = [frames(path, args.seed + 1) for path in args.training_frames or [None]]
+    training = torch.cat(runs)
     np.save(args.output / "training_frames.npy", training.numpy())  # what the benchmark rebuilds from
     reference = frames(args.reference_frames, args.seed + 2)
     generator = torch.Generator().manual_seed(args.seed)
@@ -81,11 +89,12 @@ def main(argv=None) -> dict:
     def used() -> float:
         return time.perf_counter() - start if args.clock == "wall" else time.process_time() - cpu_start
 
-    # the last 10 % of the MD frames (a later stretch of the trajectory) are held out: the ML
+    # the last 10 % of each MD run (a later stretch of the trajectory) are held out: the ML
     # phase keeps the weights with the best held-out likelihood, the mixed phase those whose
     # reverse-KL samples had the best ESS
-    held_out = max(2, training.shape[0] // 10)
-    fit_frames, validation = training[:-held_out], training[-held_out:]
+    held_out = [max(2, run.shape[0] // 10) for run in runs]
+    fit_frames = torch.cat([run[:-n] for run, n in zip(runs, held_out, strict=True)])
+    validation = torch.cat([run[-n:] for run, n in zip(runs, held_out, strict=True)])
     history = bg.train(
         fit_frames,
         generator,
@@ -102,7 +111,7 @@ def main(argv=None) -> dict:
         generator,
         n_steps=10**9,
         kl_weight=args.kl_weight,
-        learning_rate=3e-4,
+        learning_rate=args.kl_learning_rate,
         time_limit_s=budget - used(),
         clock=args.clock,
         log_every=25,

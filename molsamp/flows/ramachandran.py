@@ -56,14 +56,20 @@ def md_frames(
     seed: int = 0,
     equilibration_ps: float = 20.0,
     engine: str = "auto",
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(S, 22, 3) float64 alanine-dipeptide frames (nm) from Langevin MD (1 fs, γ = 1/ps),
     integrated through :func:`molsamp.integrators.simulate` (``engine="auto"``: by OpenMM;
-    "torch": molsamp's own BAOAB loop)."""
+    "torch": molsamp's own BAOAB loop). ``start``: (22, 3) nm starting positions (e.g. a
+    frame in another basin) instead of the shipped structure."""
     from molsamp.integrators import LangevinBAOAB, simulate
     from molsamp.systems import alanine_dipeptide
 
     system, state, potential = alanine_dipeptide(solvent, temperature=temperature, seed=seed)
+    if start is not None:
+        if start.shape != state.positions.shape[1:]:
+            raise ValueError(f"start must be ({system.n_atoms}, 3) positions in nm, got {tuple(start.shape)}")
+        state = state.replace(positions=start.to(state.positions).expand_as(state.positions).clone())
     langevin = LangevinBAOAB(potential, system.masses, 0.001, temperature, 1.0, seed)
     state = simulate(langevin, state, int(round(equilibration_ps * 1000)), progress=False, engine=engine)
     interval = max(1, int(round(interval_ps * 1000)))
