@@ -67,9 +67,12 @@ def md_chain(engine: str, n_frames: int, interval: int, seed: int) -> dict:
 
 
 def load_generator(run: Path, training_frames: Path) -> BoltzmannGenerator:
+    """The run's flow, rebuilt with the run's seed (it draws the coupling masks) and reloaded."""
     system, _, potential = alanine_dipeptide("implicit", temperature=TEMPERATURE)
     frames = torch.from_numpy(np.load(training_frames)).double()
-    bg = BoltzmannGenerator.build(system, potential, frames, TEMPERATURE, torch.Generator().manual_seed(0))
+    results = run / "results.json"
+    seed = json.loads(results.read_text()).get("seed", 0) if results.is_file() else 0
+    bg = BoltzmannGenerator.build(system, potential, frames, TEMPERATURE, torch.Generator().manual_seed(seed))
     bg.flow.load_state_dict(torch.load(run / "flow.pt", weights_only=True))
     bg.coordinates.load_state_dict(torch.load(run / "coordinates.pt", weights_only=True))
     return bg

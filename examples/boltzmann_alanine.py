@@ -140,6 +140,7 @@ def main(argv=None) -> dict:
         args.output,
     )
     results.update(
+        seed=args.seed,  # with the training frames, rebuilds the flow that flow.pt fits
         training_s=training_s,
         training_cpu_s=training_cpu_s,
         sampling_s=sampling_s,
