@@ -118,6 +118,23 @@ def timed_rollout(model, system, state, n_steps, potential, out: Path, temperatu
 
 
 # --------------------------------------------------------------------------- LJ fluid
+def training_summary(settings, dt: float, result, timings: dict, data) -> dict:
+    """The report entries both studies share: time steps and the forecaster's training."""
+    return {
+        "md_timestep_ps": settings.timestep,
+        "forecast_interval_ps": dt,
+        "interval_multiple": INTERVAL_STEPS,
+        "training": {
+            "best_val_loss": result.best_val_loss,
+            "steps": result.steps,
+            "seconds": result.seconds,
+            "md_data_seconds": timings["md_data_s"],
+            "frames": int(data.positions.shape[0] * data.positions.shape[1]),
+            "history": result.history,
+        },
+    }
+
+
 def _closest_pair(x: np.ndarray, cell: np.ndarray) -> float:
     """Smallest minimum-image distance (nm) among the (N, 3) positions."""
     f = (x[:, None] - x[None]) @ np.linalg.inv(cell)
@@ -210,12 +227,7 @@ def lennard_jones_study(
     plt.close(figure)
     return {
         "system": "periodic LJ argon, 108 atoms, rho*=0.8, 120 K",
-        "md_timestep_ps": settings.timestep,
-        "forecast_interval_ps": dt,
-        "interval_multiple": INTERVAL_STEPS,
-        "training": {"best_val_loss": result.best_val_loss, "steps": result.steps, "seconds": result.seconds,
-                     "md_data_seconds": timings["md_data_s"], "frames": int(data.positions.shape[0] * data.positions.shape[1]),
-                     "history": result.history},
+        **training_summary(settings, dt, result, timings, data),
         "rollout": {"forecast_steps": done, "requested_steps": n_steps, "exploded_at_step": exploded_at,
                     "simulated_ps": done * dt, "wall_s": forecast_seconds,
                     "ps_per_s": done * dt / forecast_seconds, "stable": exploded_at is None and done == n_steps,
@@ -331,12 +343,7 @@ def alanine_study(
     plt.close(figure)
     return {
         "system": "alanine dipeptide, vacuum, Amber ff99SB-ILDN, 300 K",
-        "md_timestep_ps": settings.timestep,
-        "forecast_interval_ps": dt,
-        "interval_multiple": INTERVAL_STEPS,
-        "training": {"best_val_loss": result.best_val_loss, "steps": result.steps, "seconds": result.seconds,
-                     "md_data_seconds": timings["md_data_s"], "frames": int(data.positions.shape[0] * data.positions.shape[1]),
-                     "history": result.history},
+        **training_summary(settings, dt, result, timings, data),
         "rollout": {"walkers": walkers, "forecast_steps_per_walker": len(fx), "requested_steps": n_steps,
                     "exploded_at_step": exploded_at, "simulated_ps_per_walker": len(fx) * dt,
                     "wall_s": forecast_seconds, "ps_per_s_all_walkers": walkers * len(fx) * dt / forecast_seconds,
