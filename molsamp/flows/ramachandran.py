@@ -13,12 +13,14 @@ from molsamp.flows.coordinates import dihedral
 from molsamp.flows.reweighting import (
     ALANINE_BASINS,
     basin_free_energy_difference,
+    batch_ess_fractions,
     effective_counts,
     ess_fraction,
     half_vs_half_divergences,
     js_divergence,
     kish_ess,
     kl_divergence,
+    pareto_k,
 )
 from molsamp.testing import integrated_autocorrelation_time
 
@@ -158,6 +160,10 @@ def compare_to_reference(
         "n_samples": int(len(log_w)),
         "kish_ess": kish_ess(log_w),
         "ess_percent": 100 * ess_fraction(log_w),
+        # one draw's ESS hinges on a few rare heavy weights: its spread over 5 independent
+        # batches, and the tail's Pareto k̂ (< 0.5: finite weight variance)
+        "ess_percent_batches": (100 * batch_ess_fractions(log_w, 5)).tolist() if len(log_w) >= 5 else None,
+        "pareto_k": pareto_k(log_w) if int(torch.isfinite(log_w).sum()) >= 25 else None,
         "excluded": {
             "invalid_geometry": samples.n_invalid_geometry,
             "wrong_chirality": samples.n_wrong_chirality,

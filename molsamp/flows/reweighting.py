@@ -4,7 +4,8 @@ errors, reweighted histograms, free-energy profiles, basin free energies and div
 Samples x ~ q reweighted to p ∝ exp(−u) get log w = −u(x) − log q(x). Self-normalised
 estimates ⟨f⟩_p ≈ Σ w f / Σ w are consistent; their error bars come from the bootstrap
 (Efron, Ann. Stat. 1979; for correlated chains the moving-block bootstrap, Künsch, Ann. Stat.
-1989). The Kish effective sample size (Kish, Survey Sampling 1965) is (Σw)² / Σw².
+1989). The Kish effective sample size (Kish, Survey Sampling 1965) is (Σw)² / Σw²; the Pareto
+k̂ of the largest weights (Vehtari et al., JMLR 2024) says whether it can be trusted.
 
 Arrays may be numpy arrays or tensors; results are numpy float64. Random resampling draws
 from a seeded ``torch.Generator`` the caller passes (no global RNG).
@@ -87,6 +88,38 @@ def kish_ess(log_weights: Any) -> float:
 def ess_fraction(log_weights: Any) -> float:
     """Kish ESS divided by the number of samples drawn (non-finite ones included)."""
     return kish_ess(log_weights) / len(_as_numpy(log_weights, "log_weights"))
+
+
+def batch_ess_fractions(log_weights: Any, n_batches: int) -> np.ndarray:
+    """(n_batches,) Kish ESS fractions of consecutive equal batches of independent samples.
+
+    Their spread shows how much one draw's ESS depends on a few rare, heavy weights."""
+    lw = _as_numpy(log_weights, "log_weights")
+    if not 1 <= n_batches <= len(lw):
+        raise ValueError(f"n_batches must be in [1, {len(lw)}] (the number of samples), got {n_batches}")
+    return np.array([ess_fraction(batch) for batch in np.array_split(lw, n_batches)])
+
+
+def pareto_k(log_weights: Any) -> float:
+    """Shape k̂ of a generalised Pareto fit (scipy, maximum likelihood) to the largest weights.
+
+    The tail of the M = min(S/5, 3√S) largest weights above the next one, as in Pareto-smoothed
+    importance sampling (Vehtari et al., JMLR 2024). The weights' variance is finite for
+    k < 1/2: below 0.5 the Kish ESS is a fair measure; between 0.5 and 0.7 the estimates still
+    converge but the ESS of one draw is erratic and falls slowly with more samples; above 0.7
+    importance sampling is not reliable with any practical number of samples.
+    """
+    from scipy.stats import genpareto
+
+    lw = _check_log_weights(log_weights)
+    lw = np.sort(lw[np.isfinite(lw)])
+    m = int(min(len(lw) / 5, 3 * math.sqrt(len(lw))))
+    if m < 5:
+        raise ValueError(f"pareto_k needs at least 25 samples with positive weight, got {len(lw)}")
+    weights = np.exp(lw - lw[-1])
+    exceedances = weights[-m:] - weights[-m - 1]
+    shape, _, _ = genpareto.fit(exceedances, floc=0.0)
+    return float(shape)
 
 
 def log_normalizer(log_weights: Any) -> float:

@@ -9,6 +9,7 @@ import torch
 from molsamp.flows.reweighting import (
     ALANINE_BASINS,
     basin_free_energy_difference,
+    batch_ess_fractions,
     bootstrap_indices,
     effective_counts,
     ess_fraction,
@@ -19,6 +20,7 @@ from molsamp.flows.reweighting import (
     kl_divergence,
     log_importance_weights,
     log_normalizer,
+    pareto_k,
     weighted_mean,
 )
 from molsamp.units import kT
@@ -73,6 +75,32 @@ def test_kish_ess_limits():
     assert kish_ess(np.array([0.0, -1000.0, -1000.0])) == pytest.approx(1.0)
     # two equal halves: weights 1 and e^-inf give half the samples
     assert kish_ess(np.r_[np.zeros(10), np.full(10, -np.inf)]) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("target_variance, tail_shape", [(10 / 9, 0.1), (4 / 3, 0.25), (2.0, 0.5)])
+def test_pareto_k_recovers_the_tail_of_gaussian_weights(target_variance, tail_shape):
+    # x ~ N(0, 1) reweighted to N(0, s²), s² > 1: w ∝ exp(x²(1 − 1/s²)/2) has a Pareto tail of
+    # shape k = 1 − 1/s²; Kish ESS is meaningful only for k < 1/2
+    x = torch.randn(200_000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    log_w = 0.5 * x**2 * (1 - 1 / target_variance)
+    assert pareto_k(log_w) == pytest.approx(tail_shape, abs=0.1)
+
+
+def test_pareto_k_of_bounded_weights_is_not_positive():
+    u = torch.rand(50_000, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    assert pareto_k(torch.log(u)) < 0.05  # weights uniform on (0, 1): k = −1
+    with pytest.raises(ValueError, match="at least 25 samples"):
+        pareto_k(torch.zeros(10))
+
+
+def test_batch_ess_fractions_of_equal_weights_are_one_and_spot_a_heavy_batch():
+    log_w = torch.zeros(1000, dtype=torch.float64)
+    assert batch_ess_fractions(log_w, 4) == pytest.approx(np.ones(4))
+    log_w[10] = 20.0  # one dominant weight in the first of four batches
+    fractions = batch_ess_fractions(log_w, 4)
+    assert fractions[0] == pytest.approx(1 / 250, rel=1e-3) and fractions[1:] == pytest.approx(np.ones(3))
+    with pytest.raises(ValueError, match="n_batches"):
+        batch_ess_fractions(log_w, 0)
 
 
 def test_reweighted_mean_and_normaliser_match_the_exact_mixture(weighted):
