@@ -59,6 +59,12 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--kl-weight", type=float, default=0.5, help="λ of the mixed phase")
     parser.add_argument(
+        "--reweighted-weight",
+        type=float,
+        default=0.0,
+        help="μ of the mixed phase's importance-weighted likelihood of flow samples (thins the weights' tail)",
+    )
+    parser.add_argument(
         "--kl-learning-rate", type=float, default=3e-4, help="initial learning rate of the mixed phase"
     )
     parser.add_argument(
@@ -113,6 +119,7 @@ def main(argv=None) -> dict:
         generator,
         n_steps=10**9,
         kl_weight=args.kl_weight,
+        reweighted_weight=args.reweighted_weight,
         learning_rate=args.kl_learning_rate,
         time_limit_s=budget - used(),
         clock=args.clock,

@@ -253,6 +253,28 @@ class BoltzmannGenerator(torch.nn.Module):
         }
         return loss, stats
 
+    def reweighted_nll(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward KL(p ‖ q) up to a constant, by self-normalised importance sampling of the
+        flow's own samples: −Σᵢ w̄ᵢ log q(xᵢ) with the samples and weights w̄ (summing to 1)
+        held fixed. Mass-covering: it raises q where the weights are largest, the regions the
+        flow under-covers that make the weights heavy-tailed (and the Kish ESS small).
+
+        Returns the loss and the samples' log importance weights (n,), −inf where excluded.
+        """
+        with torch.no_grad():
+            z, log_q_z = self.flow.sample(n, generator)
+            valid = self.coordinates.valid(z) & torch.isfinite(log_q_z)
+            positions, log_det = self.coordinates.inverse(z)
+            valid &= torch.isfinite(positions).all(dim=(1, 2))
+            u = self.reduced_energy(positions.double(), evaluate=valid)
+            log_weights = log_importance_weights(-u, (log_q_z - log_det).double())
+        usable = torch.isfinite(log_weights)
+        if not usable.any():
+            return log_q_z.new_zeros((), requires_grad=True) * 0.0, log_weights
+        weights = torch.softmax(log_weights[usable], 0).to(z)
+        loss = -(weights * self.flow.log_prob(z[usable])).sum()
+        return loss, log_weights
+
     def train(
         self,
         data: torch.Tensor,
@@ -262,6 +284,8 @@ class BoltzmannGenerator(torch.nn.Module):
         batch_size: int = 256,
         kl_batch_size: int = 128,
         kl_weight: float | Callable[[int], float] = 0.0,
+        reweighted_weight: float = 0.0,
+        reweighted_batch_size: int = 512,
         learning_rate: float = 1e-3,
         clip_norm: float = 100.0,
         energy_high: float = 1e4,
@@ -272,7 +296,7 @@ class BoltzmannGenerator(torch.nn.Module):
         keep_best: bool = False,
         callback: Callable[[dict], None] | None = None,
     ) -> list[dict]:
-        """Adam on (1 − λ)·NLL(data) + λ·KL(q ‖ p) with gradient-norm clipping.
+        """Adam on (1 − λ)·NLL(data) + λ·KL(q ‖ p) + μ·KL(p ‖ q) with gradient-norm clipping.
 
         Parameters
         ----------
@@ -282,6 +306,8 @@ class BoltzmannGenerator(torch.nn.Module):
         clock : "wall" (elapsed time) or "cpu" (this process's CPU time: the fair budget on a
             machine shared with other jobs)
         kl_weight : λ in [0, 1], or a function step → λ (e.g. a ramp from ML to mixed)
+        reweighted_weight : μ ≥ 0, weight of :meth:`reweighted_nll` on ``reweighted_batch_size``
+            flow samples per step (energies without gradients); it thins the weights' tail
         energy_high : reduced energy (kT) above which the energy is softened logarithmically
         clip_norm : maximum gradient norm
         log_every : steps between history rows (dicts with step, nll, kl, λ, wall_s/cpu_s, …)
@@ -305,7 +331,9 @@ class BoltzmannGenerator(torch.nn.Module):
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
         if clock not in ("wall", "cpu"):
             raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
-        uses_kl = callable(kl_weight) or kl_weight > 0
+        if not reweighted_weight >= 0:
+            raise ValueError(f"reweighted_weight must be >= 0, got {reweighted_weight}")
+        uses_kl = callable(kl_weight) or kl_weight > 0 or reweighted_weight > 0
         if keep_best and validation is None and not uses_kl:
             raise ValueError("keep_best with kl_weight 0 selects by validation NLL: pass validation frames")
         now = time.perf_counter if clock == "wall" else time.process_time
@@ -337,6 +365,11 @@ class BoltzmannGenerator(torch.nn.Module):
                 kl, stats = self.kl_loss(kl_batch_size, generator, energy_high)
                 window.append(stats.pop("log_weights"))
                 loss = loss + lam * kl.to(loss)
+            if reweighted_weight > 0.0:
+                forward_kl, sample_log_weights = self.reweighted_nll(reweighted_batch_size, generator)
+                window.append(sample_log_weights)
+                stats["reweighted_nll"] = float(forward_kl.detach())
+                loss = loss + reweighted_weight * forward_kl.to(loss)
             optimizer.zero_grad()
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.flow.parameters(), clip_norm)
