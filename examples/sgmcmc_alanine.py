@@ -32,7 +32,7 @@ from molsamp.distributed import gather_on_root, init_from_environment
 from molsamp.flows.reweighting import bootstrap_indices
 from molsamp.integrators import CyclicalSchedule, LangevinBAOAB, PreconditionedSGLD, simulate
 from molsamp.io import TrajectoryReporter
-from molsamp.potentials import MACE, load_potential
+from molsamp.potentials import MACE, load_potential, save_potential
 from molsamp.potentials.datasets import AtomsDataset, alanine_dipeptide_md_dataset
 from molsamp.potentials.training import TrainingConfig, evaluate, train
 from molsamp.systems import alanine_dipeptide
@@ -255,6 +255,13 @@ def main() -> None:
         "recalibration factor gives calibrated raw coverage",
     )
     parser.add_argument("--seed", type=int, default=0, help="offsets the chains' seeds (replicates)")
+    parser.add_argument(
+        "--chain-starts",
+        type=Path,
+        nargs="+",
+        help="model files the chains start from, chain i from file i mod n (e.g. a previous run's "
+        "ensemble_*.pt: chains in several modes); default: every chain starts at the MAP",
+    )
     parser.add_argument("--ensemble-members", type=int, default=4, help="0 skips the deep ensemble")
     parser.add_argument("--ensemble-minutes", type=float, default=2.0)
     parser.add_argument("--reference-frames", type=int, default=4000)
@@ -297,7 +304,10 @@ def main() -> None:
     train_batches = batches_of(train_set.structures, 16, map_model, DTYPE)
 
     def chain(index: int) -> list[dict]:
-        model = copy.deepcopy(map_model)
+        if args.chain_starts:
+            model = load_potential(args.chain_starts[index % len(args.chain_starts)]).to(DTYPE)
+        else:
+            model = copy.deepcopy(map_model)
         schedule = CyclicalSchedule(
             args.lr, args.samples_per_chain * args.cycle_steps, args.samples_per_chain
         )
@@ -348,10 +358,12 @@ def main() -> None:
     for member in range(args.ensemble_members):
         model = small_mace(100 + member)
         result = fit(model, train_set, val_set, args.ensemble_minutes, args.quiet, seed=member + 1)
+        save_potential(model, args.output / f"ensemble_{member}.pt")
         ensemble.append(model)
         times = [row["seconds"] for row in result.history if row["forces_mae"] <= target]
         reached.append(times[0] if times else None)
     report["seed"] = args.seed
+    report["sgmcmc"]["chain_starts"] = [str(p) for p in args.chain_starts or []] or "MAP"
     report["deep_ensemble"] = {
         "members": len(ensemble),
         "seconds": time.perf_counter() - start,

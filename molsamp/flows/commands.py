@@ -35,8 +35,16 @@ def add_flow_arguments(
     parser.add_argument(
         "--kl-weight",
         type=float,
-        default=0.5,
-        help="weight of the energy (reverse KL) term after the ML phase",
+        default=0.0,
+        help="weight λ of the reverse-KL energy term after the ML phase (mode-seeking: it thins "
+        "the flow's tails, which makes the importance weights heavy-tailed)",
+    )
+    parser.add_argument(
+        "--reweighted-weight",
+        type=float,
+        default=1.0,
+        help="weight μ of the importance-weighted likelihood of the flow's own samples after the "
+        "ML phase (forward KL: raises the flow where the weights are largest)",
     )
     parser.add_argument(
         "--ml-fraction",
@@ -104,7 +112,8 @@ def train_and_report(
     args: argparse.Namespace,
     basin_pairs: tuple[tuple[str, str], ...],
 ) -> dict:
-    """Train a Boltzmann generator (ML, then ML + reverse KL), draw, reweight, compare, save."""
+    """Train a Boltzmann generator (ML, then ML + λ reverse KL + μ reweighted ML), draw,
+    reweight, compare, save."""
     from molsamp.flows.boltzmann import BoltzmannGenerator
     from molsamp.flows.ramachandran import compare_to_reference, phi_psi
 
@@ -116,12 +125,14 @@ def train_and_report(
         raise ValueError(
             f"--kl-weight and --ml-fraction must be in [0, 1], got {args.kl_weight}, {args.ml_fraction}"
         )
+    if args.reweighted_weight < 0:
+        raise ValueError(f"--reweighted-weight must be >= 0, got {args.reweighted_weight}")
     generator = torch.Generator().manual_seed(args.seed)
     bg = BoltzmannGenerator.build(system, potential, frames, args.temperature, generator)
     budget = 60.0 * args.flow_minutes
     start = time.perf_counter()
     # a later stretch of the trajectory is held out: the ML phase keeps its best held-out
-    # likelihood, the mixed phase the weights whose reverse-KL samples had the best ESS
+    # likelihood, the mixed phase the weights whose samples had the best ESS
     held_out = max(2, frames.shape[0] // 10)
     fit_frames, validation = frames[:-held_out], frames[-held_out:]
     history = bg.train(
@@ -135,12 +146,13 @@ def train_and_report(
     )
     steps = history[-1]["step"] + 1
     remaining = budget - (time.perf_counter() - start)
-    if args.kl_weight > 0 and remaining > 0:
+    if (args.kl_weight > 0 or args.reweighted_weight > 0) and remaining > 0:
         mixed = bg.train(
             fit_frames,
             generator,
             n_steps=10**9,
             kl_weight=args.kl_weight,
+            reweighted_weight=args.reweighted_weight,
             learning_rate=3e-4,
             time_limit_s=remaining,
             log_every=25,

@@ -3,6 +3,7 @@ alanine example write (ESS, reweighted free energies, JS/KL with a noise floor, 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +49,52 @@ def phi_psi(positions: torch.Tensor, topology: mdtraj.Topology) -> np.ndarray:
     x = torch.as_tensor(positions, dtype=torch.float64)
     angles = [dihedral(*(x[:, a] for a in quadruple)) for quadruple in (phi, psi)]
     return torch.stack(angles, 1).numpy()
+
+
+def with_phi_psi(
+    positions: torch.Tensor, topology: mdtraj.Topology, phi_deg: float, psi_deg: float
+) -> torch.Tensor:
+    """(N, 3) nm positions with the first φ and ψ set to the given angles (degrees).
+
+    The atoms on the far side of each central bond (N–Cα for φ, Cα–C for ψ) rotate rigidly
+    about it, so bond lengths, angles and every other torsion are kept: a starting structure
+    in another basin (e.g. αL, φ ≈ +60°) for MD.
+    """
+    phi, psi = backbone_indices(topology)
+    neighbours: dict[int, set[int]] = {atom.index: set() for atom in topology.atoms}
+    for a, b in topology.bonds:
+        neighbours[a.index].add(b.index)
+        neighbours[b.index].add(a.index)
+    x = torch.as_tensor(positions, dtype=torch.float64).clone()
+    if x.shape != (topology.n_atoms, 3):
+        raise ValueError(f"positions must be ({topology.n_atoms}, 3) nm, got {tuple(x.shape)}")
+    for quadruple, target in ((phi, phi_deg), (psi, psi_deg)):
+        _, j, k, _ = quadruple
+        moving, frontier = {k}, [k]  # the side of bond j–k that holds k
+        while frontier:
+            for neighbour in neighbours[frontier.pop()] - moving - {j}:
+                moving.add(neighbour)
+                frontier.append(neighbour)
+        if j in moving:
+            raise ValueError(f"bond {j}–{k} is in a ring; its torsion cannot be set by rotation")
+        current = dihedral(*(x[a] for a in quadruple))
+        angle = (
+            torch.remainder(
+                torch.tensor(math.radians(target), dtype=x.dtype) - current + math.pi, 2 * math.pi
+            )
+            - math.pi
+        )
+        axis = (x[k] - x[j]) / torch.linalg.vector_norm(x[k] - x[j])
+        index = torch.tensor(sorted(moving))
+        relative = x[index] - x[k]
+        # Rodrigues' rotation by `angle` about `axis` through atom k
+        rotated = (
+            relative * torch.cos(angle)
+            + torch.linalg.cross(axis.expand_as(relative), relative) * torch.sin(angle)
+            + axis * (relative @ axis)[:, None] * (1 - torch.cos(angle))
+        )
+        x[index] = x[k] + rotated
+    return x
 
 
 def md_frames(

@@ -23,9 +23,12 @@ def test_example_and_benchmark_run_end_to_end(tmp_path):
     out = tmp_path / "bg"
     results = load("examples/boltzmann_alanine.py").main(
         # seed ≠ 0: the benchmark must rebuild the flow's coupling masks with the run's own seed
-        ["--output", str(out), "--md-ns", "0.2", "--train-minutes", "0.5", "--samples", "2000", "--seed", "3"]
+        # a short αL run as well: two training runs, the second started from with_phi_psi
+        ["--output", str(out), "--md-ns", "0.2", "--alpha-l-ns", "0.05", "--train-minutes", "0.5"]
+        + ["--samples", "2000", "--seed", "3"]
     )
     assert results["n_samples"] == 2000 and 1.0 <= results["kish_ess"] <= 2000
+    assert results["training_frames"] == 200 + 10 and len(results["ess_percent_batches"]) == 5
     assert math.isfinite(results["js_reweighted_vs_reference"])
     assert (out / "flow.pt").is_file() and (out / "results.json").is_file()
     samples = np.load(out / "samples.npz")
