@@ -334,7 +334,9 @@ def main() -> None:
     sgmcmc_seconds = time.perf_counter() - start
     if rank != 0:
         return
+    report["seed"] = args.seed
     report["sgmcmc"] = {
+        "chain_starts": [str(p) for p in args.chain_starts or []] or "MAP",
         "chains": max(world, args.chains) if world == 1 else world,
         "samples": len(samples),
         "seconds_per_rank": sgmcmc_seconds,
@@ -362,8 +364,6 @@ def main() -> None:
         ensemble.append(model)
         times = [row["seconds"] for row in result.history if row["forces_mae"] <= target]
         reached.append(times[0] if times else None)
-    report["seed"] = args.seed
-    report["sgmcmc"]["chain_starts"] = [str(p) for p in args.chain_starts or []] or "MAP"
     report["deep_ensemble"] = {
         "members": len(ensemble),
         "seconds": time.perf_counter() - start,

@@ -186,21 +186,26 @@ class BoltzmannGenerator(torch.nn.Module):
             u = u.index_put((keep.nonzero().flatten(),), energy.to(u.dtype))
         return u
 
+    def _draw_batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """n flow samples, without gradients: latent z (n, D), positions (n, N, 3) float64,
+        log q (n,), reduced energy u (n,), valid geometry (n,) and wrong chirality (n,) masks."""
+        with torch.no_grad():
+            z, log_q_z = self.flow.sample(n, generator)
+            valid = self.coordinates.valid(z) & torch.isfinite(log_q_z)
+            positions, log_det = self.coordinates.inverse(z)
+            positions = positions.double()
+            log_q = (log_q_z - log_det).double()
+            valid &= torch.isfinite(positions).all(dim=(1, 2)) & torch.isfinite(log_q)
+            wrong = self.wrong_chirality(positions) & valid
+            u = self.reduced_energy(positions, evaluate=valid)
+        return z, positions, log_q, u, valid, wrong
+
     def draw(self, n: int, generator: torch.Generator, batch_size: int = 4096) -> FlowSamples:
         """n samples with weights and exclusion counts (no gradients)."""
-        parts = []
-        with torch.no_grad():
-            for start in range(0, n, batch_size):
-                z, log_q_z = self.flow.sample(min(batch_size, n - start), generator)
-                valid = self.coordinates.valid(z) & torch.isfinite(log_q_z)
-                positions, log_det = self.coordinates.inverse(z)
-                positions = positions.double()
-                log_q = (log_q_z - log_det).double()
-                valid &= torch.isfinite(positions).all(dim=(1, 2)) & torch.isfinite(log_q)
-                wrong = self.wrong_chirality(positions) & valid
-                u = self.reduced_energy(positions, evaluate=valid)
-                parts.append((positions, u, log_q, valid, wrong))
-        positions, u, log_q, valid, wrong = (torch.cat(column) for column in zip(*parts, strict=True))
+        parts = [
+            self._draw_batch(min(batch_size, n - start), generator)[1:] for start in range(0, n, batch_size)
+        ]
+        positions, log_q, u, valid, wrong = (torch.cat(column) for column in zip(*parts, strict=True))
         return FlowSamples(
             positions=positions,
             log_weights=log_importance_weights(-u, log_q),
@@ -261,19 +266,13 @@ class BoltzmannGenerator(torch.nn.Module):
 
         Returns the loss and the samples' log importance weights (n,), −inf where excluded.
         """
-        with torch.no_grad():
-            z, log_q_z = self.flow.sample(n, generator)
-            valid = self.coordinates.valid(z) & torch.isfinite(log_q_z)
-            positions, log_det = self.coordinates.inverse(z)
-            valid &= torch.isfinite(positions).all(dim=(1, 2))
-            u = self.reduced_energy(positions.double(), evaluate=valid)
-            log_weights = log_importance_weights(-u, (log_q_z - log_det).double())
+        z, _, log_q, u, _, _ = self._draw_batch(n, generator)
+        log_weights = log_importance_weights(-u, log_q)
         usable = torch.isfinite(log_weights)
-        if not usable.any():
-            return log_q_z.new_zeros((), requires_grad=True) * 0.0, log_weights
+        if not usable.any():  # nothing to learn from (the spline conditioners need ≥ 1 row)
+            return torch.zeros((), dtype=z.dtype, device=z.device, requires_grad=True), log_weights
         weights = torch.softmax(log_weights[usable], 0).to(z)
-        loss = -(weights * self.flow.log_prob(z[usable])).sum()
-        return loss, log_weights
+        return -(weights * self.flow.log_prob(z[usable])).sum(), log_weights
 
     def train(
         self,

@@ -78,12 +78,7 @@ def with_phi_psi(
         if j in moving:
             raise ValueError(f"bond {j}–{k} is in a ring; its torsion cannot be set by rotation")
         current = dihedral(*(x[a] for a in quadruple))
-        angle = (
-            torch.remainder(
-                torch.tensor(math.radians(target), dtype=x.dtype) - current + math.pi, 2 * math.pi
-            )
-            - math.pi
-        )
+        angle = math.radians(target) - current  # a rotation by angle ± 2π is the same
         axis = (x[k] - x[j]) / torch.linalg.vector_norm(x[k] - x[j])
         index = torch.tensor(sorted(moving))
         relative = x[index] - x[k]
