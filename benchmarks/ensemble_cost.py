@@ -4,10 +4,10 @@ A deep ensemble or a set of SG-MCMC posterior samples evaluated member by member
 a single model; :class:`~molsamp.potentials.EnsemblePotential` evaluates the members in one
 vectorised pass (``torch.func.vmap`` over stacked weights), which should cost far less.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/ensemble_cost.py [--members 4 8] [--steps 50]``.
-Prints median ms per MD step (alanine dipeptide, small MACE, 1 thread) for one model, the
-batched ensemble and the member-by-member loop, timed round-robin in the same run, and the
-ratios to one model.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/ensemble_cost.py [--members 4 8] [--steps 50]
+[--device cuda]``. Prints median ms per MD step (alanine dipeptide, small MACE, 1 CPU thread) for
+one model, the batched ensemble and the member-by-member loop, timed round-robin in the same
+run, and the ratios to one model.
 """
 
 from __future__ import annotations
@@ -36,18 +36,29 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--steps", type=int, default=50, help="Langevin steps per timing")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="torch device of models and state, e.g. cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     system, state, _ = alanine_dipeptide(seed=0, dtype=torch.float32)
+    state = state.to(args.device)
 
     def integrator(potential):
-        langevin = LangevinBAOAB(potential, system.masses, 0.001, 300.0, 1.0, 0)
-        return lambda: langevin.step(state, args.steps)
+        generator = torch.Generator(device=args.device).manual_seed(0)
+        langevin = LangevinBAOAB(potential, system.masses, 0.001, 300.0, 1.0, generator)
 
-    single = small_mace(0).bind(system.atomic_numbers)
-    runs = {"single model": integrator(single)}
+        def run():
+            langevin.step(state, args.steps)
+            if state.positions.is_cuda:
+                torch.cuda.synchronize()
+
+        return run
+
+    def model(seed: int) -> MACE:
+        return small_mace(seed).bind(system.atomic_numbers).to(args.device)
+
+    runs = {"single model": integrator(model(0))}
     for k in args.members:
-        members = [small_mace(seed).bind(system.atomic_numbers) for seed in range(k)]
+        members = [model(seed) for seed in range(k)]
         runs[f"ensemble K={k} batched"] = integrator(EnsemblePotential(members, batched=True))
         runs[f"ensemble K={k} loop"] = integrator(EnsemblePotential(members, batched=False))
     for run in runs.values():
@@ -59,7 +70,8 @@ def main() -> None:
             run()
             timings[name].append(1e3 * (time.perf_counter() - start) / args.steps)
     base = statistics.median(timings["single model"])
-    print(f"alanine dipeptide (22 atoms), small MACE, 1 thread, median of {args.repeats}")
+    where = torch.cuda.get_device_name() if state.positions.is_cuda else "1 CPU thread"
+    print(f"alanine dipeptide (22 atoms), small MACE, {where}, median of {args.repeats}")
     print(f"{'':28s} {'ms/step':>9s} {'× single':>9s}")
     for name, values in timings.items():
         ms = statistics.median(values)

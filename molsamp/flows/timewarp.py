@@ -83,9 +83,17 @@ def center_of_mass(positions: torch.Tensor, masses: torch.Tensor) -> torch.Tenso
     return torch.einsum("bnd,n->bd", positions, w)[:, None, :]
 
 
+def gaussian(
+    shape: torch.Size, generator: torch.Generator, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """N(0, 1) draws of ``shape`` from ``generator`` on its own device, then moved to ``device``:
+    a CPU generator drives a flow on CUDA (its state stays host-side and checkpointable)."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype).to(device)
+
+
 def random_rotations(n: int, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
     """(n, 3, 3) rotation matrices uniform on SO(3) (QR of Gaussian matrices, sign-fixed)."""
-    a = torch.randn(n, 3, 3, generator=generator, dtype=torch.float64)
+    a = torch.randn(n, 3, 3, generator=generator, device=generator.device, dtype=torch.float64)
     q, r = torch.linalg.qr(a)
     q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))[:, None, :]
     det = torch.linalg.det(q)
@@ -308,9 +316,8 @@ class TimewarpFlow(nn.Module):
         differentiable (reparametrised)."""
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a seeded torch.Generator, got {type(generator).__name__}")
-        options = {"generator": generator, "dtype": self.dtype, "device": self.device}
-        z_x = torch.randn(x0.shape, **options)
-        z_v = torch.randn(x0.shape, **options)
+        z_x = gaussian(x0.shape, generator, self.dtype, self.device)
+        z_v = gaussian(x0.shape, generator, self.dtype, self.device)
         x1, v, log_det = self.from_latent(z_x, z_v, x0, system)
         return x1, v, self._log_normal(z_x, z_v) - log_det
 
@@ -412,9 +419,10 @@ def train_timewarp(
         progress = max(step / n_steps, elapsed / time_limit_s if time_limit_s else 0.0)
         for group in optimizer.param_groups:  # cosine decay over the budget (steps or time)
             group["lr"] = learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
-        index = torch.randint(0, x0.shape[0], (batch_size,), generator=generator)
+        index = torch.randint(0, x0.shape[0], (batch_size,), generator=generator, device=generator.device)
+        index = index.to(x0.device)
         a, b = augment(x0[index], x1[index], system.masses, generator)
-        v = torch.randn(a.shape, generator=generator, dtype=flow.dtype).to(flow.device)
+        v = gaussian(a.shape, generator, flow.dtype, flow.device)
         nll = -flow.log_prob(b, v, a, system).mean() / n_atoms
         loss, stats = nll, {}
         if auxiliary is not None:
@@ -454,7 +462,7 @@ def validation_nll(
     with torch.no_grad():
         for start in range(0, x0.shape[0], 256):
             a, b = x0[start : start + 256], x1[start : start + 256]
-            v = torch.randn(a.shape, generator=generator, dtype=flow.dtype).to(flow.device)
+            v = gaussian(a.shape, generator, flow.dtype, flow.device)
             total += float(-flow.log_prob(b.to(flow.device), v, a.to(flow.device), system).sum())
     return total / (x0.shape[0] * system.n_atoms)
 

@@ -34,7 +34,7 @@ import torch
 
 from molsamp.flows.boltzmann import soften_energy
 from molsamp.flows.coordinates import alpha_carbon_centres, chirality
-from molsamp.flows.timewarp import TimewarpFlow, train_timewarp
+from molsamp.flows.timewarp import TimewarpFlow, gaussian, train_timewarp
 from molsamp.integrators.langevin import LangevinBAOAB
 from molsamp.potentials.base import Potential
 from molsamp.system import State, System
@@ -164,7 +164,7 @@ class TimewarpMove:
         with torch.no_grad():
             for start in range(0, x.shape[0], self.batch_size):
                 x0 = x[start : start + self.batch_size]
-                v = torch.randn(x0.shape, generator=generator, dtype=self.flow.dtype).to(self.flow.device)
+                v = gaussian(x0.shape, generator, self.flow.dtype, self.flow.device)
                 x1, v1, log_q = self.flow.sample(x0, self.system, generator)
                 x1 = x1.to(torch.float64)
                 u1 = self.reduced_energy(x1)
@@ -191,7 +191,8 @@ class TimewarpMove:
             accept = torch.isfinite(u1) & ((u1 - u_rep) * self.kT < self.energy_cutoff)
         else:
             log_alpha = log_mh_ratio(u_rep, v, u1, v1, log_q, log_q_reverse)
-            uniform = torch.rand(b * k, generator=generator, dtype=torch.float64).to(log_alpha.device)
+            uniform = torch.rand(b * k, generator=generator, device=generator.device, dtype=torch.float64)
+            uniform = uniform.to(log_alpha.device)
             accept = torch.log(uniform) < log_alpha
         accept = accept.reshape(b, k)
         any_accepted = accept.any(1)
@@ -376,7 +377,7 @@ def acceptance_loss(
     above ``energy_high`` kT; chirality flips are left out of the mean."""
     flow = move.flow
     x1, v1, log_q = flow.sample(x0, move.system, generator)
-    v = torch.randn(x0.shape, generator=generator, dtype=flow.dtype).to(flow.device)
+    v = gaussian(x0.shape, generator, flow.dtype, flow.device)
     with torch.no_grad():
         u0 = move.reduced_energy(x0)
     x1_64 = x1.to(torch.float64)

@@ -19,6 +19,18 @@ def as_generator(generator: torch.Generator | int, device: torch.device | str = 
     raise TypeError(f"generator must be a torch.Generator or an int seed, got {type(generator).__name__}")
 
 
+def on_same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether ``a`` and ``b`` name one device: ``cuda`` (a generator's device) is the current
+    CUDA device, ``cuda:0`` a tensor's, and ``cpu`` is ``cpu:0``."""
+
+    def index(device: torch.device) -> int:
+        if device.index is not None:
+            return device.index
+        return torch.cuda.current_device() if device.type == "cuda" else 0
+
+    return a.type == b.type and index(a) == index(b)
+
+
 def require_positive(name: str, value: float, unit: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
         raise ValueError(f"{name} must be > 0 {unit}, got {value!r}")

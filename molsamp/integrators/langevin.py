@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from molsamp.integrators.base import Integrator, as_generator, require_positive
+from molsamp.integrators.base import Integrator, as_generator, on_same_device, require_positive
 from molsamp.potentials.base import Potential
 from molsamp.system import State
 from molsamp.thermo import remove_center_of_mass_velocity
@@ -90,7 +90,7 @@ class LangevinBAOAB(Integrator):
     def _step(self, state: State, n_steps: int) -> State:
         dt, word = self.timestep, self.splitting
         x, v = state.positions, state.velocities
-        if self.generator.device != x.device:
+        if not on_same_device(self.generator.device, x.device):
             raise ValueError(
                 f"generator is on {self.generator.device} but the state is on {x.device}; "
                 "make the generator on the state's device"

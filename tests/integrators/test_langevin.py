@@ -177,3 +177,17 @@ def test_langevin_rejects_bad_settings():
         LangevinBAOAB(potential, masses, 0.002, 300.0, 1.0, 0, splitting="BAXAB")
     with pytest.raises(TypeError, match="generator must be a torch.Generator or an int seed"):
         LangevinBAOAB(potential, masses, 0.002, 300.0, 1.0, None)
+
+
+def test_device_names_with_and_without_index_are_one_device():
+    """A CUDA generator reports ``cuda``, a CUDA tensor ``cuda:0``: both must count as one."""
+    from molsamp.integrators.base import on_same_device
+
+    assert on_same_device(torch.device("cpu"), torch.device("cpu:0"))
+    assert on_same_device(torch.device("cuda:1"), torch.device("cuda", 1))
+    assert not on_same_device(torch.device("cuda:0"), torch.device("cuda:1"))
+    assert not on_same_device(torch.device("cpu"), torch.device("cuda:0"))
+    generator = torch.Generator(device="cpu:0").manual_seed(0)
+    _, state, potential = harmonic_oscillator()
+    langevin = LangevinBAOAB(potential, torch.tensor([12.0]), 0.002, 300.0, 1.0, generator)
+    assert torch.isfinite(langevin.step(state, 2).positions).all()
