@@ -76,7 +76,7 @@ def md_throughput(device: str, walkers: list[int], repeats: int, skin: float = 0
     rows = {}
     for n_walkers in walkers:
         _, langevin, state = alanine_walkers(n_walkers, device, skin)
-        steps = STEPS.get(n_walkers, 10) * (10 if device == "cuda" else 1)
+        steps = STEPS.get(n_walkers, 10)
         seconds = _median_seconds(lambda: langevin.step(state, steps), repeats)  # noqa: B023
         rows[n_walkers] = {
             "steps": steps,
