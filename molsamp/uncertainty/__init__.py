@@ -8,6 +8,7 @@ from molsamp.uncertainty.propagation import (
     observable_per_member,
     plot_credible_band,
     reweighted_observable,
+    simultaneous_band,
 )
 
 __all__ = [
@@ -21,4 +22,5 @@ __all__ = [
     "observable_per_member",
     "reweighted_observable",
     "plot_credible_band",
+    "simultaneous_band",
 ]

@@ -43,6 +43,23 @@ def credible_interval(values: Sequence, level: float = 0.95) -> CredibleInterval
     return CredibleInterval(values, level, lower, upper, median)
 
 
+def simultaneous_band(values: Sequence, level: float = 0.95) -> CredibleInterval:
+    """Credible band over a whole profile (samples on axis 0, bins on axis 1): the envelope of
+    the ``level`` fraction of samples whose largest deviation from the median, in units of each
+    bin's central-interval half-width, is smallest. A profile drawn from the posterior lies
+    inside it in every bin with probability ``level``, where a pointwise interval holds each
+    bin alone with that probability (and misses some bin of a long profile most of the time).
+    Bins where any sample is NaN are NaN."""
+    pointwise = credible_interval(values, level)
+    values = pointwise.values
+    half_width = 0.5 * (pointwise.upper - pointwise.lower)
+    half_width = np.where(half_width > 0, half_width, np.inf)  # a bin all samples agree on
+    with np.errstate(invalid="ignore"):
+        deviation = np.nanmax(np.abs(values - pointwise.median) / half_width, axis=1)
+    kept = values[deviation <= np.quantile(deviation, level)]
+    return CredibleInterval(values, level, kept.min(0), kept.max(0), pointwise.median)
+
+
 def observable_per_member(
     members: Sequence[Potential],
     simulate_observable: Callable[[Potential], np.ndarray],

@@ -13,6 +13,7 @@ from molsamp.uncertainty import (
     member_weights,
     observable_per_member,
     reweighted_observable,
+    simultaneous_band,
 )
 from molsamp.units import kT
 
@@ -151,3 +152,27 @@ def test_uncertainty_reporter_records_and_stops_when_extrapolating(tmp_path):
 def test_credible_interval_rejects_bad_level():
     with pytest.raises(ValueError, match="level must be in"):
         credible_interval([1.0, 2.0], level=1.5)
+
+
+def _random_profiles(n: int, seed: int, bins: int = 13) -> np.ndarray:
+    """Correlated Gaussian curves (n, bins): AR(1) across bins, ρ = 0.5, unequal scales."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal((n, bins))
+    curves = np.empty_like(noise)
+    curves[:, 0] = noise[:, 0]
+    for j in range(1, bins):
+        curves[:, j] = 0.5 * curves[:, j - 1] + np.sqrt(0.75) * noise[:, j]
+    return curves * np.linspace(0.5, 3.0, bins)
+
+
+def test_simultaneous_band_holds_whole_profiles_at_the_nominal_rate():
+    """Fresh posterior draws lie wholly inside the 95 % simultaneous band 95 % of the time; the
+    pointwise band holds each bin at 95 % but whole 13-bin curves far less often."""
+    band = simultaneous_band(_random_profiles(4000, seed=0), level=0.95)
+    pointwise = credible_interval(_random_profiles(4000, seed=0), level=0.95)
+    fresh = _random_profiles(4000, seed=1)
+    inside = np.all(band.contains(fresh), axis=1).mean()
+    assert abs(inside - 0.95) < 4 * np.sqrt(0.95 * 0.05 / 4000) + 0.01  # + the band's own noise
+    assert np.all(pointwise.contains(fresh), axis=1).mean() < 0.8
+    assert abs(pointwise.contains(fresh).mean() - 0.95) < 0.01
+    assert np.all(band.lower < pointwise.lower) and np.all(band.upper > pointwise.upper)
