@@ -1,7 +1,8 @@
 """Timewarp against Langevin MD on alanine dipeptide (vacuum, 300 K), measured in one process:
 effective samples of the slowest φ/ψ CV (αR indicator, cos φ, cos ψ) per wall second and per
-CPU second, for the Timewarp MH chain, OpenMM's Langevin and molsamp's torch Langevin; with
-the chain's acceptance and the training cost (from the example's ``results.json``).
+CPU second, for the Timewarp MH chain, OpenMM's Langevin, molsamp's torch Langevin (one walker)
+and the chain's own Langevin on its walkers without flow moves; with the chain's acceptance and
+the training cost (from the example's ``results.json``).
 
 molsamp's torch Langevin is the same BAOAB chain as OpenMM's (1 fs, γ = 1/ps), so its rate is
 measured on a short run and its τ taken from the OpenMM run.
@@ -50,6 +51,39 @@ def md_row(engine: str, nanoseconds: float, seed: int, topology, measure_ess: bo
     return row
 
 
+def walkers_langevin_row(
+    system, potential, frames, walkers: int, block_steps: int, seconds: float, seed: int
+):
+    """The chain's own Langevin (1 fs, γ = 1/ps) on the same walkers and starts, without flow
+    moves, for ``seconds``: what the flow moves add to the chain (or cost it)."""
+    from molsamp.flows.timewarp_mcmc import multichain_ess
+    from molsamp.integrators import LangevinBAOAB, simulate
+    from molsamp.system import State
+    from molsamp.thermo import maxwell_boltzmann_velocities
+
+    index = torch.linspace(0, frames.shape[0] - 1, walkers).round().long()
+    generator = torch.Generator().manual_seed(seed)
+    velocities = maxwell_boltzmann_velocities(
+        system.masses, TEMPERATURE, walkers, generator, dtype=torch.float64
+    )
+    state = State(frames[index].to(torch.float64), velocities)
+    langevin = LangevinBAOAB(potential, system.masses, 0.001, TEMPERATURE, 1.0, seed + 1)
+    records = []
+    wall, cpu = time.perf_counter(), time.process_time()
+    while time.perf_counter() - wall < seconds or len(records) < 4:
+        state = simulate(langevin, state, block_steps, progress=False, guard=None)
+        records.append(phi_psi(state.positions, system.topology))
+    wall_s, cpu_s = time.perf_counter() - wall, time.process_time() - cpu
+    cvs = collective_variables(np.stack(records))
+    return {
+        "method": f"molsamp Langevin, {walkers} walkers (no flow)",
+        "ess": min(multichain_ess(cvs[:, :, k]) for k in range(cvs.shape[2])),
+        "wall_s": wall_s,
+        "cpu_s": cpu_s,
+        "steps": len(records) * block_steps * walkers,
+    }
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -62,6 +96,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--chain-seconds", type=float, default=120.0)
     parser.add_argument("--walkers", type=int, default=16)
     parser.add_argument("--proposals", type=int, default=8)
+    parser.add_argument(
+        "--langevin-steps", type=int, default=100, help="1 fs Langevin steps between flow moves"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -83,10 +120,11 @@ def main(argv=None) -> list[dict]:
             proposals=args.proposals,
             seconds=args.chain_seconds,
             seed=args.seed + 1,
+            langevin_steps=args.langevin_steps,
         )
     )
     timewarp = {
-        "method": "Timewarp MH chain",
+        "method": "Timewarp MH chain" + (f" + {args.langevin_steps} Langevin" if args.langevin_steps else ""),
         "ess": float(chain.ess[2:].min()),
         "wall_s": wall_s,
         "cpu_s": cpu_s,
@@ -94,18 +132,30 @@ def main(argv=None) -> list[dict]:
         "proposals_evaluated": chain.proposals_evaluated,
         "tau_steps": chain.tau[2:].tolist(),
     }
-    rows = [openmm, torch_md, timewarp]
+    walkers_md = walkers_langevin_row(
+        system,
+        potential,
+        frames,
+        args.walkers,
+        max(args.langevin_steps, 100),
+        args.chain_seconds,
+        args.seed + 2,
+    )
+    rows = [openmm, torch_md, walkers_md, timewarp]
     for r in rows:
         r["ess_per_wall_s"] = r["ess"] / r["wall_s"]
         r["ess_per_cpu_s"] = r["ess"] / r["cpu_s"]
-    for peer in (openmm, torch_md):
+    for name, peer in (
+        ("openmm", openmm),
+        ("torch_langevin", torch_md),
+        ("same_walkers_langevin", walkers_md),
+    ):
         if peer["ess"] > 0:
-            name = "openmm" if peer is openmm else "torch_langevin"
             timewarp[f"speedup_wall_vs_{name}"] = timewarp["ess_per_wall_s"] / peer["ess_per_wall_s"]
             timewarp[f"speedup_cpu_vs_{name}"] = timewarp["ess_per_cpu_s"] / peer["ess_per_cpu_s"]
     for r in rows:
         print(
-            f"{r['method']:26s} ESS {r['ess']:9.2f}  wall {r['wall_s']:7.1f} s  CPU {r['cpu_s']:7.1f} s  "
+            f"{r['method']:36s} ESS {r['ess']:9.2f}  wall {r['wall_s']:7.1f} s  CPU {r['cpu_s']:7.1f} s  "
             f"ESS/wall-s {r['ess_per_wall_s']:.3g}  ESS/CPU-s {r['ess_per_cpu_s']:.3g}"
         )
     print(
@@ -113,7 +163,10 @@ def main(argv=None) -> list[dict]:
         f"vs OpenMM {timewarp.get('speedup_wall_vs_openmm', float('nan')):.3g} / "
         f"{timewarp.get('speedup_cpu_vs_openmm', float('nan')):.3g}, "
         f"vs molsamp Langevin {timewarp.get('speedup_wall_vs_torch_langevin', float('nan')):.3g} / "
-        f"{timewarp.get('speedup_cpu_vs_torch_langevin', float('nan')):.3g}"
+        f"{timewarp.get('speedup_cpu_vs_torch_langevin', float('nan')):.3g}, "
+        f"vs the same walkers' Langevin without flow moves "
+        f"{timewarp.get('speedup_wall_vs_same_walkers_langevin', float('nan')):.3g} / "
+        f"{timewarp.get('speedup_cpu_vs_same_walkers_langevin', float('nan')):.3g}"
     )
     results_path = args.run / "results.json"
     training = json.loads(results_path.read_text()) if results_path.is_file() else {}

@@ -11,6 +11,9 @@
    block-bootstrap resamples of the frames, gives a credible band (model spread plus the
    reweighting's sampling error) that should contain the Amber reference.
 
+Writes ``report.json``, the posterior samples (``posterior_k.pt``) and ensemble members
+(``ensemble_k.pt``) as model files (``load_potential``), calibration and φ-profile PNGs.
+
     python examples/sgmcmc_alanine.py --output runs/sgmcmc
     torchrun --nproc-per-node 2 examples/sgmcmc_alanine.py --output runs/sgmcmc   # a chain per rank
 """
@@ -363,9 +366,10 @@ def main() -> None:
         "seconds_per_rank": sgmcmc_seconds,
     }
     posterior = []
-    for state in samples:
+    for index, state in enumerate(samples):
         member = copy.deepcopy(map_model)
         member.load_state_dict(state)
+        save_potential(member, args.output / f"posterior_{index}.pt")  # for MD per sample, reuse
         posterior.append(member)
 
     # cost benchmark: seconds per posterior sample vs seconds for an ensemble member to first

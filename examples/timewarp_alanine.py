@@ -5,10 +5,11 @@ same model on glycine dipeptide without retraining.
    τ = ``--tau-ps`` apart) and an independent long reference, whose wall time is measured.
 2. Training of a :class:`TimewarpFlow` for ``--train-minutes`` (wall) in all: maximum
    likelihood, then ``--fine-tune-minutes`` of likelihood + acceptance loss (entropy bonus).
-3. The exact MH chain (``--walkers`` × ``--proposals`` parallel proposals, optional Langevin
-   steps between) for ``--chain-minutes``: acceptance, ESS of the slowest φ/ψ CV per wall
-   second against the reference MD's, JS divergence and ΔF between basins with error bars,
-   Ramachandran plots.
+3. The exact MH chain (``--walkers`` × ``--proposals`` parallel proposals, ``--langevin-steps``
+   of Langevin between flow moves) for ``--chain-minutes``: acceptance, ESS of the slowest
+   φ/ψ CV per wall second against the reference MD's, JS divergence (beside the JS an exact
+   sampler with the chain's ESS scores) and ΔF between basins with error bars, Ramachandran
+   plots. ``--flow`` samples with a flow saved by an earlier run instead of training one.
 4. Transferability: ACE-GLY-NME (built with OpenMM's Modeller) sampled by the same model,
    acceptance reported beside that of the untrained flow with the same step lengths.
 
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from molsamp.flows.ramachandran import md_frames, phi_psi
-from molsamp.flows.timewarp import TimewarpFlow, align, save_timewarp, transition_pairs
+from molsamp.flows.timewarp import TimewarpFlow, align, load_timewarp, save_timewarp, transition_pairs
 from molsamp.flows.timewarp_commands import chain_report, print_timewarp_report, run_chain, train_on_frames
 from molsamp.flows.timewarp_mcmc import TimewarpMove, fine_tune_acceptance
 from molsamp.integrators import LangevinBAOAB, simulate
@@ -69,13 +70,49 @@ def glycine_frames(n_frames: int, interval_ps: float, seed: int):
     return system, potential, torch.stack(frames)
 
 
+def train_flow(args, system, potential, training: torch.Tensor, lag: int) -> tuple[TimewarpFlow, dict]:
+    """Maximum likelihood, then likelihood + acceptance loss, within ``--train-minutes``."""
+    start = time.perf_counter()
+    flow, history = train_on_frames(
+        system,
+        training,
+        lag,
+        seconds=60 * (args.train_minutes - args.fine_tune_minutes),
+        seed=args.seed,
+        callback=show,
+    )
+    if args.fine_tune_minutes > 0:
+        x0, x1 = transition_pairs(training[: int(0.9 * training.shape[0])], lag)
+        move = TimewarpMove(flow, system, potential, TEMPERATURE, reference_positions=training[0])
+        history += fine_tune_acceptance(
+            move,
+            x0,
+            align(x1, x0, system.masses),
+            torch.Generator().manual_seed(args.seed + 9),
+            n_steps=10**9,
+            time_limit_s=60 * args.fine_tune_minutes,
+            callback=show,
+        )
+    training_s = time.perf_counter() - start
+    steps = {"likelihood": 0, "fine_tune": 0}
+    for row in history:  # each phase's step counter restarts at 0
+        phase = "fine_tune" if "acceptance_loss" in row else "likelihood"
+        steps[phase] = max(steps[phase], row["step"] + 1)
+    return flow, {"training_s": training_s, "training_steps": steps, "lag_frames": lag, "history": history}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("timewarp-alanine"))
     parser.add_argument("--data-ns", type=float, default=2.0, help="training MD, ns")
     parser.add_argument("--frame-ps", type=float, default=0.25, help="training frames every ... ps")
     parser.add_argument("--tau-ps", type=float, default=1.0, help="τ between x(t) and x(t+τ), ps")
-    parser.add_argument("--reference-ns", type=float, default=5.0, help="reference MD (timed), ns")
+    parser.add_argument(
+        "--reference-ns",
+        type=float,
+        default=25.0,
+        help="reference MD (timed), ns: long enough to score a chain against MD windows of its ESS",
+    )
     parser.add_argument("--train-minutes", type=float, default=18.0, help="training wall time (≤ 20)")
     parser.add_argument(
         "--fine-tune-minutes",
@@ -86,7 +123,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--chain-minutes", type=float, default=6.0)
     parser.add_argument("--walkers", type=int, default=16)
     parser.add_argument("--proposals", type=int, default=8)
-    parser.add_argument("--langevin-steps", type=int, default=0)
+    parser.add_argument(
+        "--langevin-steps",
+        type=int,
+        default=100,
+        help="1 fs Langevin steps after every flow move (0: flow moves only; the chain then "
+        "keeps the φ/ψ of its starting frames after CPU-scale training, whose moves are ~1°)",
+    )
+    parser.add_argument(
+        "--flow", type=Path, help="a timewarp.pt of an earlier run: sample with it, skip training"
+    )
     parser.add_argument("--transfer-minutes", type=float, default=1.5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -111,34 +157,13 @@ def main(argv=None) -> dict:
     )
 
     lag = max(1, int(round(args.tau_ps / args.frame_ps)))
-    start = time.perf_counter()
-    flow, history = train_on_frames(
-        system,
-        training,
-        lag,
-        seconds=60 * (args.train_minutes - args.fine_tune_minutes),
-        seed=args.seed,
-        callback=show,
-    )
-    if args.fine_tune_minutes > 0:
-        x0, x1 = transition_pairs(training[: int(0.9 * training.shape[0])], lag)
-        move = TimewarpMove(flow, system, potential, TEMPERATURE, reference_positions=training[0])
-        history += fine_tune_acceptance(
-            move,
-            x0,
-            align(x1, x0, system.masses),
-            torch.Generator().manual_seed(args.seed + 9),
-            n_steps=10**9,
-            time_limit_s=60 * args.fine_tune_minutes,
-            callback=show,
-        )
-    training_s = time.perf_counter() - start
+    if args.flow is not None:
+        flow = load_timewarp(args.flow)
+        report["flow_file"] = str(args.flow)
+    else:
+        flow, training_report = train_flow(args, system, potential, training, lag)
+        report.update(training_report)
     save_timewarp(flow, out / "timewarp.pt")
-    steps = {"likelihood": 0, "fine_tune": 0}
-    for row in history:  # each phase's step counter restarts at 0
-        phase = "fine_tune" if "acceptance_loss" in row else "likelihood"
-        steps[phase] = max(steps[phase], row["step"] + 1)
-    report.update(training_s=training_s, training_steps=steps, lag_frames=lag, history=history)
 
     result = run_chain(
         flow,

@@ -21,6 +21,7 @@ from molsamp.flows.reweighting import (
     js_divergence,
     kish_ess,
     kl_divergence,
+    matched_ess_js_floor,
     pareto_k,
 )
 from molsamp.testing import integrated_autocorrelation_time
@@ -295,6 +296,7 @@ def compare_chain_to_reference(
     probabilities = effective_counts(flat, None, bins) / len(flat)
     chain_counts = probabilities * max(chain_ess_value, 1.0)
     reference_counts = effective_counts(reference_angles, None, bins)
+    _, reference_taus = chain_ess(collective_variables(reference_angles)[:, None])
     # blocks of ~5 effective autocorrelation times, at most one walker's whole chain (walkers
     # that stay near their start are then resampled as units)
     tau_effective = n_steps * n_walkers / chain_ess_value if chain_ess_value > 0 else n_steps
@@ -308,6 +310,13 @@ def compare_chain_to_reference(
         "js_chain_vs_reference": js_divergence(chain_counts, reference_counts, 1.0),
         "kl_reference_vs_chain": kl_divergence(reference_counts, chain_counts, 1.0),
         "reference_half_vs_half": half_vs_half_divergences(reference_angles, bins),
+        # what an exact sampler with the chain's ESS scores against the same reference
+        "reference_matched_floor": matched_ess_js_floor(
+            reference_angles,
+            max(chain_ess_value, 1.0),
+            max([t for t in reference_taus if math.isfinite(t)], default=1.0),
+            bins,
+        ),
         "chain_block_steps": chain_block,
         "reference_block_frames": reference_block,
         "delta_f_kJ_per_mol": {

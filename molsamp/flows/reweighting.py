@@ -392,3 +392,48 @@ def half_vs_half_divergences(
         "js": js_divergence(first, second, pseudocount),
         "kl": kl_divergence(first, second, pseudocount),
     }
+
+
+def matched_ess_js_floor(
+    values: Any,
+    ess: float,
+    tau_frames: float,
+    bins: int = 64,
+    pseudocount: float = 1.0,
+    ranges: Any = None,
+    windows: int = 20,
+) -> dict[str, float]:
+    """JS an exact sampler with ``ess`` effective samples scores against this reference.
+
+    A chain's histogram is given to :func:`js_divergence` as probabilities × its ESS, so with a
+    pseudocount its JS grows as its ESS shrinks; the half-vs-half floor (every frame counted)
+    is then no yardstick. Here windows of the reference holding ``ess`` effective samples
+    (ess × ``tau_frames`` frames, τ of the reference's slowest CV) are scored the same way
+    against the other half of the reference. values : (S, 2) angles of a correlated reference
+    chain. Returns the windows' median and 95th-percentile JS, the window length and count;
+    ``capped`` is True where the window had to be cut to half the reference: it then holds
+    fewer effective samples than ``ess``, so the floor is too lenient and a longer reference
+    is needed.
+    """
+    x = _as_numpy(values, "values")
+    if not ess > 0 or not tau_frames > 0:
+        raise ValueError(f"ess and tau_frames must be > 0, got {ess} and {tau_frames}")
+    half = x.shape[0] // 2
+    wanted = int(math.ceil(ess * tau_frames))
+    length = min(wanted, half)
+    halves = (x[:half], x[half : 2 * half])
+    scores = []
+    for own, other in (halves, halves[::-1]):
+        # counted as the whole reference, so the pseudocount weighs as it does for the chain
+        other_counts = effective_counts(other, None, bins, ranges) * (x.shape[0] / half)
+        for start in np.linspace(0, half - length, max(1, windows // 2)).round().astype(int):
+            window = own[start : start + length]
+            counts = effective_counts(window, None, bins, ranges) / length * ess
+            scores.append(js_divergence(counts, other_counts, pseudocount))
+    return {
+        "js_median": float(np.median(scores)),
+        "js_95": float(np.quantile(scores, 0.95)),
+        "window_frames": length,
+        "windows": len(scores),
+        "capped": wanted > half,
+    }

@@ -208,9 +208,12 @@ def print_timewarp_report(results: dict) -> None:
         f"chain: {chain['walkers']} walkers × {chain['chain_steps_per_walker']} steps in {chain['wall_s']:.0f} s; "
         f"ESS of the slowest CV {chain['slowest_cv_ess']:.1f} ({chain['slowest_cv_ess_per_s']:.3g}/s)"
     )
-    floor = comparison["reference_half_vs_half"]
+    floor, matched = comparison["reference_half_vs_half"], comparison["reference_matched_floor"]
     print(
-        f"JS(chain, reference) = {comparison['js_chain_vs_reference']:.4f} (reference half vs half {floor['js']:.4f})"
+        f"JS(chain, reference) = {comparison['js_chain_vs_reference']:.4f}; an exact sampler with the chain's "
+        f"ESS scores {matched['js_median']:.4f} (95 %: {matched['js_95']:.4f}"
+        + (", reference too short" if matched["capped"] else "")
+        + f"); reference half vs half {floor['js']:.4f}"
     )
     for name, values in comparison["delta_f_kJ_per_mol"].items():
         parts = [

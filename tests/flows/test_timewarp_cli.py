@@ -77,5 +77,21 @@ def test_timewarp_example_and_benchmark_run_end_to_end(tmp_path):
             "4",
         ]
     )
-    assert [r["method"] for r in rows] == ["Langevin MD (openmm)", "Langevin MD (torch)", "Timewarp MH chain"]
+    assert [r["method"] for r in rows] == [
+        "Langevin MD (openmm)",
+        "Langevin MD (torch)",
+        "molsamp Langevin, 4 walkers (no flow)",
+        "Timewarp MH chain + 100 Langevin",
+    ]
+    assert report["alanine"]["comparison"]["reference_matched_floor"]["windows"] >= 2
+    # a saved flow samples again without training
+    again = load("examples/timewarp_alanine.py").main(
+        [
+            "--output", str(tmp_path / "again"), "--flow", str(out / "timewarp.pt"), "--data-ns", "0.1",
+            "--reference-ns", "0.1", "--chain-minutes", "0.1", "--transfer-minutes", "0", "--walkers", "2",
+            "--proposals", "2", "--langevin-steps", "10",
+        ]
+    )  # fmt: skip
+    assert again["flow_file"] == str(out / "timewarp.pt") and "training_s" not in again
+    assert again["alanine"]["chain"]["walkers"] == 2
     assert json.loads((out / "benchmark.json").read_text())["rows"]
