@@ -38,7 +38,11 @@ def add_timewarp_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--proposals", type=int, default=8, help="parallel proposals per state (default 8)")
     group.add_argument("--chain-minutes", type=float, default=2.0, help="wall time of the chain, minutes")
     group.add_argument(
-        "--langevin-steps", type=int, default=0, help="1 fs Langevin steps after every flow move"
+        "--langevin-steps",
+        type=int,
+        default=100,
+        help="1 fs Langevin steps after every flow move (default 100; 0: flow moves only, which "
+        "after minutes of CPU training move φ/ψ by ~1° and leave the walkers near their starts)",
     )
     group.add_argument(
         "--explore",
