@@ -143,14 +143,15 @@ def _closest_pair(x: np.ndarray, cell: np.ndarray) -> float:
 
 
 def lennard_jones_study(
-    out: Path, minutes: float, md_ps: float, n_steps: int, reference_ps: float, seed: int, rollout_steps: int
-) -> dict:
+    out: Path, minutes: float, md_ps: float, n_steps: int, reference_ps: float, seed: int, rollout_steps: int,
+    channels: int = 16,
+) -> dict:  # fmt: skip
     name = "lennard_jones_fluid"
     out.mkdir(parents=True, exist_ok=True)
     settings = recipes.recipe(name)
     model, result, data, md_state, timings = train_model(
         name, minutes, md_ps, walkers=4, interval_steps=INTERVAL_STEPS, stride=2, seed=seed, progress=False,
-        rollout_steps=rollout_steps,
+        rollout_steps=rollout_steps, channels=channels,
     )  # fmt: skip
     save_forecaster(model, out / "model.pt", {"system": name, "interval_steps": INTERVAL_STEPS})
     system, _, potential = recipes.build(name)
@@ -371,6 +372,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--alanine-minutes", type=float, default=10.0, help="alanine training wall time")
     parser.add_argument("--steps", type=int, default=10_000, help="forecast steps per walker")
     parser.add_argument("--rollout-steps", type=int, default=2, help="forecast steps in the training loss")
+    parser.add_argument("--lj-channels", type=int, default=16, help="C of the fluid's forecaster")
     parser.add_argument(
         "--lj-md-ps", type=float, default=30.0, help="LJ training MD per walker (4 walkers), ps"
     )
@@ -390,7 +392,7 @@ def main(argv=None) -> dict:
     if args.only in (None, "lj"):
         report["lennard_jones"] = lennard_jones_study(
             args.output / "lj", args.lj_minutes, args.lj_md_ps, args.steps,
-            5.0 if args.quick else 150.0, args.seed, args.rollout_steps,
+            5.0 if args.quick else 150.0, args.seed, args.rollout_steps, args.lj_channels,
         )  # fmt: skip
         _save(args.output, report)
     if args.only in (None, "alanine"):

@@ -21,6 +21,7 @@ from molsamp.flows.timewarp import (
     transition_pairs,
 )
 from molsamp.flows.timewarp_mcmc import TimewarpMove, log_mh_ratio, timewarp_mcmc
+from molsamp.integrators import LangevinBAOAB
 from molsamp.potentials import DoubleWell
 from molsamp.system import State, System
 from molsamp.testing import assert_mean_close, mean_and_standard_error
@@ -118,7 +119,7 @@ def test_translation_equivariance_and_rotation_augmentation():
     torch.testing.assert_close(align(moved, x0, system.masses), x0)
 
 
-def double_well_chain(flow, n_proposals, seed, iterations, hastings=True, walkers=48):
+def double_well_chain(flow, n_proposals, seed, iterations, hastings=True, walkers=48, langevin_steps=0):
     potential = DoubleWell(BARRIER, MINIMUM, K_PERP)
     move = TimewarpMove(flow, one_atom(), potential, TEMPERATURE, n_proposals=n_proposals)
     if not hastings:  # a broken ratio, for the negative control: drop p(x, v | x̃)
@@ -145,6 +146,10 @@ def double_well_chain(flow, n_proposals, seed, iterations, hastings=True, walker
             ],
             1,
         ),
+        langevin=LangevinBAOAB(potential, one_atom().masses, 0.002, TEMPERATURE, 10.0, seed + 1)
+        if langevin_steps
+        else None,
+        langevin_steps=langevin_steps,
     )
 
 
@@ -177,6 +182,21 @@ def test_detailed_balance_on_a_double_well_with_a_wrong_proposal():
         assert_mean_close(chains[:, :, 3 + k], expected, n_sigma=4.5, label=f"histogram bin {k}")
     assert result.proposals_evaluated == 48 * 3 * 250
     assert not result.biased
+
+
+def test_langevin_steps_between_flow_moves_keep_the_double_well_exact():
+    """The default chain of the examples: MH flow moves (a wrong proposal) alternating with
+    Langevin segments; both kernels keep π(x)·N(v), so their composition does too."""
+    mean_x2, bins = double_well_exact()
+    result = double_well_chain(drifting_flow(6), n_proposals=3, seed=11, iterations=250, langevin_steps=20)
+    chains = result.observables[100:]
+    assert 0.05 < result.acceptance_rate < 0.9
+    assert result.n_energy_evaluations == 48 * 250 * (3 + 21)
+    assert_mean_close(chains[:, :, 0], 0.5, n_sigma=4.5, label="P(x > 0)")
+    assert_mean_close(chains[:, :, 1], mean_x2, n_sigma=4.5, label="<x^2>")
+    assert_mean_close(chains[:, :, 2], kT(TEMPERATURE) / K_PERP, n_sigma=4.5, label="<y^2>")
+    for k, expected in enumerate(bins):
+        assert_mean_close(chains[:, :, 3 + k], expected, n_sigma=4.5, label=f"histogram bin {k}")
 
 
 def test_the_hastings_term_matters():
