@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_flow_arguments(
         demo, None, None, auto="3 minutes and 20000 samples, scaled down for --steps < 2000000"
     )
+    demo.add_argument(
+        "--timewarp-minutes",
+        type=float,
+        default=None,
+        help="Timewarp section: flow training wall time in minutes, then a chain (16 walkers, 100 "
+        "Langevin steps between flow moves) for half as long; 0 skips it (default 2, scaled down "
+        "for --steps < 2000000)",
+    )
 
     md = commands.add_parser("md", help="Langevin MD of a built-in system or a PDB with a force field")
     source = md.add_mutually_exclusive_group()
@@ -151,10 +159,29 @@ def demo(args: argparse.Namespace) -> None:
     scale = min(1.0, args.steps / 2_000_000)  # short (test) runs get a short flow section
     args.flow_minutes = 3.0 * scale if args.flow_minutes is None else args.flow_minutes
     args.flow_samples = max(500, int(20_000 * scale)) if args.flow_samples is None else args.flow_samples
+    system, _, potential = systems.alanine_dipeptide("vacuum", temperature=args.temperature)
+    frames = torch.as_tensor(trajectory.xyz, dtype=torch.float64)
     if args.flow_minutes > 0:
-        system, _, potential = systems.alanine_dipeptide("vacuum", temperature=args.temperature)
-        frames = torch.as_tensor(trajectory.xyz, dtype=torch.float64)
         print_report(train_and_report(system, potential, frames, frames, args, DEMO_BASIN_PAIRS))
+    timewarp_minutes = 2.0 * scale if args.timewarp_minutes is None else args.timewarp_minutes
+    if timewarp_minutes > 0:
+        from molsamp.flows.timewarp_commands import run_timewarp_sample
+
+        frame_ps = args.report_interval * args.timestep_fs / 1000
+        settings = argparse.Namespace(
+            flow_minutes=timewarp_minutes,
+            chain_minutes=timewarp_minutes / 2,
+            lag=max(1, round(1.0 / frame_ps)),  # pairs ≈ 1 ps apart
+            walkers=16,
+            proposals=8,
+            langevin_steps=100,
+            explore=False,
+            output=args.output / "timewarp",
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+        print("Timewarp (learned 1 ps steps, exact MH chain with Langevin steps between flow moves):")
+        run_timewarp_sample(settings, system, potential, frames, frames)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

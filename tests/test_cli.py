@@ -1,3 +1,5 @@
+import json
+
 import mdtraj
 import numpy as np
 import pytest
@@ -19,6 +21,10 @@ def test_demo_writes_trajectory_energies_checkpoint_and_plot(tmp_path, capsys):
     frames = mdtraj.load(str(out / "trajectory.dcd"), top=str(shipped_pdb("alanine_dipeptide")))
     assert frames.n_frames == 30
     assert (out / "checkpoint.pt").is_file()
+    # the Timewarp section (scaled down with --steps): pairs 1 ps = 10 frames apart, an exact chain
+    timewarp = json.loads((out / "timewarp" / "timewarp_results.json").read_text())
+    assert timewarp["lag_frames"] == 10 and not timewarp["chain"]["biased"]
+    assert timewarp["chain"]["walkers"] == 16 and "timewarp acceptance" in printed
 
 
 def test_md_runs_a_builtin_system_and_resumes_to_a_longer_run(tmp_path):
