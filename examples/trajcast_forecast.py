@@ -368,11 +368,13 @@ def alanine_study(
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("trajcast-example"))
-    parser.add_argument("--lj-minutes", type=float, default=12.0, help="LJ training wall time")
+    parser.add_argument("--lj-minutes", type=float, default=20.0, help="LJ training wall time")
     parser.add_argument("--alanine-minutes", type=float, default=10.0, help="alanine training wall time")
     parser.add_argument("--steps", type=int, default=10_000, help="forecast steps per walker")
     parser.add_argument("--rollout-steps", type=int, default=2, help="forecast steps in the training loss")
-    parser.add_argument("--lj-channels", type=int, default=16, help="C of the fluid's forecaster")
+    parser.add_argument(
+        "--lj-channels", type=int, default=32, help="C of the fluid's forecaster (16: faster, D 41 %% low)"
+    )
     parser.add_argument(
         "--lj-md-ps", type=float, default=30.0, help="LJ training MD per walker (4 walkers), ps"
     )
