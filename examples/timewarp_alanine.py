@@ -30,9 +30,15 @@ import numpy as np
 import torch
 
 from molsamp.flows.ramachandran import md_frames, phi_psi
-from molsamp.flows.timewarp import TimewarpFlow, align, load_timewarp, save_timewarp, transition_pairs
-from molsamp.flows.timewarp_commands import chain_report, print_timewarp_report, run_chain, train_on_frames
-from molsamp.flows.timewarp_mcmc import TimewarpMove, fine_tune_acceptance
+from molsamp.flows.timewarp import TimewarpFlow, load_timewarp, save_timewarp
+from molsamp.flows.timewarp_commands import (
+    chain_report,
+    phase_steps,
+    print_timewarp_report,
+    run_chain,
+    train_and_fine_tune,
+)
+from molsamp.flows.timewarp_mcmc import TimewarpMove
 from molsamp.integrators import LangevinBAOAB, simulate
 from molsamp.systems import alanine_dipeptide, glycine_dipeptide
 
@@ -68,37 +74,6 @@ def glycine_frames(n_frames: int, interval_ps: float, seed: int):
         state = simulate(langevin, state, int(interval_ps * 1000), progress=False, guard=None)
         frames.append(state.positions[0].clone())
     return system, potential, torch.stack(frames)
-
-
-def train_flow(args, system, potential, training: torch.Tensor, lag: int) -> tuple[TimewarpFlow, dict]:
-    """Maximum likelihood, then likelihood + acceptance loss, within ``--train-minutes``."""
-    start = time.perf_counter()
-    flow, history = train_on_frames(
-        system,
-        training,
-        lag,
-        seconds=60 * (args.train_minutes - args.fine_tune_minutes),
-        seed=args.seed,
-        callback=show,
-    )
-    if args.fine_tune_minutes > 0:
-        x0, x1 = transition_pairs(training[: int(0.9 * training.shape[0])], lag)
-        move = TimewarpMove(flow, system, potential, TEMPERATURE, reference_positions=training[0])
-        history += fine_tune_acceptance(
-            move,
-            x0,
-            align(x1, x0, system.masses),
-            torch.Generator().manual_seed(args.seed + 9),
-            n_steps=10**9,
-            time_limit_s=60 * args.fine_tune_minutes,
-            callback=show,
-        )
-    training_s = time.perf_counter() - start
-    steps = {"likelihood": 0, "fine_tune": 0}
-    for row in history:  # each phase's step counter restarts at 0
-        phase = "fine_tune" if "acceptance_loss" in row else "likelihood"
-        steps[phase] = max(steps[phase], row["step"] + 1)
-    return flow, {"training_s": training_s, "training_steps": steps, "lag_frames": lag, "history": history}
 
 
 def main(argv=None) -> dict:
@@ -161,8 +136,24 @@ def main(argv=None) -> dict:
         flow = load_timewarp(args.flow)
         report["flow_file"] = str(args.flow)
     else:
-        flow, training_report = train_flow(args, system, potential, training, lag)
-        report.update(training_report)
+        start = time.perf_counter()
+        flow, history = train_and_fine_tune(
+            system,
+            potential,
+            training,
+            lag,
+            TEMPERATURE,
+            seconds=60 * args.train_minutes,
+            fine_tune_seconds=60 * args.fine_tune_minutes,
+            seed=args.seed,
+            callback=show,
+        )
+        report.update(
+            training_s=time.perf_counter() - start,
+            training_steps=phase_steps(history),
+            lag_frames=lag,
+            history=history,
+        )
     save_timewarp(flow, out / "timewarp.pt")
 
     result = run_chain(

@@ -175,6 +175,7 @@ def demo(args: argparse.Namespace) -> None:
             walkers=16,
             proposals=8,
             langevin_steps=100,
+            fine_tune_fraction=0.4,
             explore=False,
             output=args.output / "timewarp",
             temperature=args.temperature,

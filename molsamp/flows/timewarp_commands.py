@@ -22,7 +22,7 @@ from molsamp.flows.timewarp import (
     train_timewarp,
     transition_pairs,
 )
-from molsamp.flows.timewarp_mcmc import TimewarpMove, TimewarpResult, timewarp_mcmc
+from molsamp.flows.timewarp_mcmc import TimewarpMove, TimewarpResult, fine_tune_acceptance, timewarp_mcmc
 from molsamp.potentials.base import Potential
 from molsamp.system import State, System
 from molsamp.thermo import maxwell_boltzmann_velocities
@@ -43,6 +43,12 @@ def add_timewarp_arguments(parser: argparse.ArgumentParser) -> None:
         default=100,
         help="1 fs Langevin steps after every flow move (default 100; 0: flow moves only, which "
         "after minutes of CPU training move φ/ψ by ~1° and leave the walkers near their starts)",
+    )
+    group.add_argument(
+        "--fine-tune-fraction",
+        type=float,
+        default=0.4,
+        help="share of --flow-minutes spent on likelihood + acceptance loss at the end (default 0.4)",
     )
     group.add_argument(
         "--explore",
@@ -95,6 +101,52 @@ def train_on_frames(
         callback=callback,
     )
     return flow, history
+
+
+def train_and_fine_tune(
+    system: System,
+    potential: Potential,
+    frames: torch.Tensor,
+    lag: int,
+    temperature: float,
+    *,
+    seconds: float,
+    fine_tune_seconds: float,
+    seed: int,
+    callback: Callable[[dict], None] | None = None,
+) -> tuple[TimewarpFlow, list[dict]]:
+    """:func:`train_on_frames` for ``seconds − fine_tune_seconds``, then likelihood + acceptance
+    loss (:func:`~molsamp.flows.timewarp_mcmc.fine_tune_acceptance`) for ``fine_tune_seconds``
+    on the same training pairs: likelihood alone leaves bond lengths too loose for any
+    proposal to be accepted after minutes of CPU training. Fine-tuning rows carry
+    "acceptance_loss"; each phase counts its steps from 0."""
+    if not 0 <= fine_tune_seconds < seconds:
+        raise ValueError(f"fine_tune_seconds must be in [0, seconds), got {fine_tune_seconds} and {seconds}")
+    flow, history = train_on_frames(
+        system, frames, lag, seconds=seconds - fine_tune_seconds, seed=seed, callback=callback
+    )
+    if fine_tune_seconds > 0:
+        x0, x1 = transition_pairs(frames[: int(0.9 * frames.shape[0])], lag)
+        move = TimewarpMove(flow, system, potential, temperature, reference_positions=frames[0])
+        history += fine_tune_acceptance(
+            move,
+            x0,
+            align(x1, x0, system.masses),
+            torch.Generator().manual_seed(seed + 9),
+            n_steps=10**9,
+            time_limit_s=fine_tune_seconds,
+            callback=callback,
+        )
+    return flow, history
+
+
+def phase_steps(history: list[dict]) -> dict[str, int]:
+    """Optimiser steps of each training phase of a :func:`train_and_fine_tune` history."""
+    steps = {"likelihood": 0, "fine_tune": 0}
+    for row in history:  # each phase's step counter restarts at 0
+        phase = "fine_tune" if "acceptance_loss" in row else "likelihood"
+        steps[phase] = max(steps[phase], row["step"] + 1)
+    return steps
 
 
 def torsion_observer(topology) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -242,10 +294,21 @@ def run_timewarp_sample(
         raise ValueError(
             f"--flow-minutes and --chain-minutes must be > 0, got {args.flow_minutes}, {args.chain_minutes}"
         )
+    if not 0 <= args.fine_tune_fraction < 1:
+        raise ValueError(f"--fine-tune-fraction must be in [0, 1), got {args.fine_tune_fraction}")
     if args.walkers < 1 or args.proposals < 1 or args.langevin_steps < 0:
         raise ValueError("--walkers and --proposals must be >= 1 and --langevin-steps >= 0")
     start = time.perf_counter()
-    flow, history = train_on_frames(system, frames, args.lag, seconds=60 * args.flow_minutes, seed=args.seed)
+    flow, history = train_and_fine_tune(
+        system,
+        potential,
+        frames,
+        args.lag,
+        args.temperature,
+        seconds=60 * args.flow_minutes,
+        fine_tune_seconds=60 * args.flow_minutes * args.fine_tune_fraction,
+        seed=args.seed,
+    )
     training_s = time.perf_counter() - start
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
@@ -264,11 +327,15 @@ def run_timewarp_sample(
         explore=args.explore,
     )
     results = chain_report(result, reference, system, args.temperature, args.seed + 2, out)
-    results.update(training_s=training_s, training_steps=history[-1]["step"] + 1, lag_frames=args.lag)
+    results.update(training_s=training_s, training_steps=phase_steps(history), lag_frames=args.lag)
     np.save(out / "timewarp_chain_phi_psi.npy", result.observables[:, :, :2])
     (out / "timewarp_results.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "timewarp_training.json").write_text(json.dumps(history, indent=2))
-    print(f"timewarp training: {training_s:.0f} s, {results['training_steps']} steps")
+    steps = results["training_steps"]
+    print(
+        f"timewarp training: {training_s:.0f} s, {steps['likelihood']} likelihood + "
+        f"{steps['fine_tune']} acceptance fine-tuning steps"
+    )
     print_timewarp_report(results)
     print(f"results: {out / 'timewarp_results.json'}")
     return results

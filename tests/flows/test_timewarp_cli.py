@@ -29,6 +29,11 @@ def test_sample_method_timewarp_writes_results(tmp_path, alanine_frames, capsys)
     assert (out / "ramachandran_chain_vs_md.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "timewarp.pt").is_file() and (out / "timewarp.pt.json").is_file()
     assert np.load(out / "timewarp_chain_phi_psi.npy").shape[1:] == (4, 2)
+    # both phases ran: likelihood, then 40 % of the budget with the acceptance loss
+    assert results["training_steps"]["likelihood"] > 0 and results["training_steps"]["fine_tune"] > 0
+    capsys.readouterr()
+    assert main([*arguments, *options, "--fine-tune-fraction", "1.0"]) == 2
+    assert "--fine-tune-fraction must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_sample_timewarp_explore_is_labelled_biased(tmp_path, alanine_frames, capsys):
