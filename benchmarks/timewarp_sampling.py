@@ -56,17 +56,11 @@ def walkers_langevin_row(
 ):
     """The chain's own Langevin (1 fs, γ = 1/ps) on the same walkers and starts, without flow
     moves, for ``seconds``: what the flow moves add to the chain (or cost it)."""
+    from molsamp.flows.timewarp_commands import spread_starts
     from molsamp.flows.timewarp_mcmc import multichain_ess
     from molsamp.integrators import LangevinBAOAB, simulate
-    from molsamp.system import State
-    from molsamp.thermo import maxwell_boltzmann_velocities
 
-    index = torch.linspace(0, frames.shape[0] - 1, walkers).round().long()
-    generator = torch.Generator().manual_seed(seed)
-    velocities = maxwell_boltzmann_velocities(
-        system.masses, TEMPERATURE, walkers, generator, dtype=torch.float64
-    )
-    state = State(frames[index].to(torch.float64), velocities)
+    state = spread_starts(frames, walkers, system, TEMPERATURE, torch.Generator().manual_seed(seed))
     langevin = LangevinBAOAB(potential, system.masses, 0.001, TEMPERATURE, 1.0, seed + 1)
     records = []
     wall, cpu = time.perf_counter(), time.process_time()

@@ -159,6 +159,18 @@ def torsion_observer(topology) -> Callable[[torch.Tensor], torch.Tensor]:
     return observe
 
 
+def spread_starts(
+    start_frames: torch.Tensor, walkers: int, system: System, temperature: float, generator: torch.Generator
+) -> State:
+    """B = ``walkers`` states at frames evenly spread over ``start_frames`` (S, N, 3) nm, with
+    Maxwell–Boltzmann velocities (nm/ps) drawn from ``generator``; float64."""
+    index = torch.linspace(0, start_frames.shape[0] - 1, walkers).round().long()
+    velocities = maxwell_boltzmann_velocities(
+        system.masses, temperature, walkers, generator, dtype=torch.float64
+    )
+    return State(start_frames[index].to(torch.float64), velocities)
+
+
 def run_chain(
     flow: TimewarpFlow,
     system: System,
@@ -179,26 +191,22 @@ def run_chain(
     ``seconds`` of wall time; observables as :func:`torsion_observer`."""
     from molsamp.integrators import LangevinBAOAB
 
-    index = torch.linspace(0, start_frames.shape[0] - 1, walkers).round().long()
-    positions = start_frames[index].to(torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    state = spread_starts(start_frames, walkers, system, temperature, generator)
     move = TimewarpMove(
         flow,
         system,
         potential,
         temperature,
         n_proposals=proposals,
-        reference_positions=positions[0],
+        reference_positions=state.positions[0],
         explore=explore,
-    )
-    generator = torch.Generator().manual_seed(seed)
-    velocities = maxwell_boltzmann_velocities(
-        system.masses, temperature, walkers, generator, dtype=torch.float64
     )
     langevin = None
     if langevin_steps:
         langevin = LangevinBAOAB(potential, system.masses, 0.001, temperature, 1.0, seed + 1)
     return timewarp_mcmc(
-        State(positions, velocities),
+        state,
         move,
         max_iterations,
         generator,
