@@ -181,9 +181,10 @@ def lennard_jones_study(
     _, g_a = radial_distribution(ref_x[:half:every_ref], cell, r_max)
     _, g_b = radial_distribution(ref_x[half::every_ref], cell, r_max)
     # dynamics: frames every Δt for both
-    max_lag = int(round(2.0 / dt))  # 2 ps
+    frames = min(done, len(ref_x))  # a run that exploded early (or a smoke run) has fewer
+    max_lag = min(int(round(2.0 / dt)), frames - 1)  # 2 ps
     vacf_md, vacf_f = velocity_autocorrelation(ref_v, max_lag), velocity_autocorrelation(fv, max_lag)
-    msd_lag = int(round(5.0 / dt))
+    msd_lag = min(int(round(5.0 / dt)), frames - 2)
     msd_md = mean_squared_displacement(unwrap(ref_x, cell), msd_lag)
     msd_f = mean_squared_displacement(unwrap(fx, cell), msd_lag)
     d = {
@@ -388,6 +389,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(1)
     if args.quick:
         args.lj_minutes = args.alanine_minutes = 0.3
+        args.lj_channels = 16  # a 0.3-minute C = 32 model explodes within the smoke run
         args.steps, args.lj_md_ps, args.alanine_md_ps = 200, 10.0, 10.0
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}
     start = time.perf_counter()
