@@ -262,6 +262,9 @@ def alanine_study(
     walkers: int,
     seed: int,
     rollout_steps: int,
+    restarts: int = 0,
+    restart_noise: float = 0.005,
+    rollout_restarts: int = 0,
 ) -> dict:
     from molsamp.analysis import free_energy_2d
     from molsamp.flows.ramachandran import phi_psi
@@ -279,6 +282,9 @@ def alanine_study(
         seed=seed,
         progress=False,
         rollout_steps=rollout_steps,
+        restarts=restarts,
+        restart_noise=restart_noise,
+        rollout_restarts=rollout_restarts,
     )
     save_forecaster(model, out / "model.pt", {"system": name, "interval_steps": INTERVAL_STEPS})
     system, _, potential = recipes.build(name)
@@ -382,6 +388,24 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--alanine-md-ps", type=float, default=60.0, help="alanine training MD per walker (4), ps"
     )
+    parser.add_argument(
+        "--alanine-restarts",
+        type=int,
+        default=200,
+        help="MD segments (0.5 ps) restarted from strained training frames, added to the alanine data",
+    )
+    parser.add_argument(
+        "--alanine-restart-noise",
+        type=float,
+        default=0.005,
+        help="largest position noise (nm) of the strained restarts",
+    )
+    parser.add_argument(
+        "--alanine-rollout-restarts",
+        type=int,
+        default=0,
+        help="rollouts whose states restart reference MD after 60 %% of training (DAgger); 0: off",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["lj", "alanine"], help="run one study")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (minutes)")
@@ -402,7 +426,8 @@ def main(argv=None) -> dict:
     if args.only in (None, "alanine"):
         report["alanine_dipeptide"] = alanine_study(
             args.output / "alanine", args.alanine_minutes, args.alanine_md_ps, args.steps,
-            0.02 if args.quick else 1.2, 4, args.seed, args.rollout_steps,
+            0.02 if args.quick else 1.2, 4, args.seed, args.rollout_steps, args.alanine_restarts,
+            args.alanine_restart_noise, args.alanine_rollout_restarts,
         )  # fmt: skip
     report["total_s"] = time.perf_counter() - start
     _save(args.output, report)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from molsamp.flows.trajcast import (
+    ForecastIntegrator,
     ForecastTrainingConfig,
     StochasticVelocityRescaling,
     TrajCast,
@@ -143,16 +144,29 @@ def _tame(model: TrajCast) -> TrajCast:
     """Small residual scales: an untrained network then changes the state gently."""
     with torch.no_grad():
         model.displacement_scale.fill_(0.002)
-        model.velocity_scale.fill_(0.05)
+        model.velocity_scale.fill_(0.02)
     return model
 
 
-def test_model_conserves_momenta_over_a_rollout():
-    model = _tame(_model())
+def _noisy(model: TrajCast, c: float = 0.05) -> TrajCast:
+    """Velocity noise σ_e = √(c / m_e) per element (equal energy per degree of freedom)."""
+    element_masses = torch.tensor([1.0, 12.0, 14.0, 16.0], dtype=torch.float64)  # H C N O
+    with torch.no_grad():
+        model.velocity_noise.copy_((c / element_masses).sqrt())
+    return model
+
+
+@pytest.mark.parametrize("noise", [False, True])
+def test_model_conserves_momenta_over_a_rollout(noise):
+    model = _noisy(_tame(_model())) if noise else _tame(_model())
     x, v = _state()
     system = System(Z, MASSES)
     state = State(x, v)
     end = rollout(model, system, state, 20, progress=False)
+    if noise:
+        assert not torch.allclose(
+            end.velocities, rollout(_tame(_model()), system, state, 20, progress=False).velocities
+        )
     p0, p1 = (MASSES[:, None] * v).sum(-2), (MASSES[:, None] * end.velocities).sum(-2)
     torch.testing.assert_close(p1, p0, rtol=0, atol=1e-10)
     torch.testing.assert_close(
@@ -163,6 +177,23 @@ def test_model_conserves_momenta_over_a_rollout():
     )
     drift = center_of_mass(end.positions, MASSES) - center_of_mass(x, MASSES)
     torch.testing.assert_close(drift[:, 0], 20 * model.interval * p0 / MASSES.sum(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("angular", [False, True])
+def test_velocity_noise_adds_its_mean_square_to_the_free_degrees_of_freedom(angular):
+    """Noise σ_e² = c/m_e projected off the conserved momenta (and scaled up for them) raises
+    the kinetic energy of a step by ½·c·3N on average, the full mean square it stands for."""
+    c, walkers = 0.05, 4000
+    model = _noisy(_tame(_model()), c)
+    x, v = _state()
+    x, v = x.expand(walkers, -1, -1), 0.05 * v.expand(walkers, -1, -1)  # slow: little cross term
+    system = System(Z, MASSES)
+    clean = ForecastIntegrator(model, system, velocity_noise=False, angular=angular)
+    noisy = ForecastIntegrator(model, system, generator=5, angular=angular)
+    gained = noisy.step(State(x, v), 1).velocities, clean.step(State(x, v), 1).velocities
+    kinetic = [0.5 * (MASSES[:, None] * u.square()).sum((-2, -1)) for u in gained]
+    delta = (kinetic[0] - kinetic[1]).numpy()
+    assert_mean_close(delta, 0.5 * c * 3 * len(Z), n_sigma=4.0, label="kinetic energy added")
 
 
 @pytest.mark.parametrize("angular", [False, True])
@@ -294,6 +325,89 @@ def test_training_learns_the_flow_map_of_a_spring_triangle(tmp_path):
         lag=5, rollout_steps=3, batch_size=4, max_steps=3, val_every=10, progress=False, dtype=torch.float64
     )
     assert len(train_forecaster(model, train, val, multi, fit=False).history) == 1
+
+
+def test_fit_velocity_noise_is_the_mean_square_the_forecast_lacks():
+    """Targets drawn with σ₁ = 1.5 σ₀ per element and a forecast v' ≈ v (zero residual scale):
+    the fitted noise variance is σ₁² − σ₀² per element, within sampling error."""
+    from molsamp.flows.trajcast import fit_velocity_noise
+
+    model = _model()
+    with torch.no_grad():
+        model.velocity_scale.zero_()  # forecast velocities = the input's (conserved momenta kept)
+    generator = torch.Generator().manual_seed(3)
+    segments = 400
+    x = _state()[0].expand(segments, -1, -1)
+    positions = torch.stack([x, x], 1)  # (S, 2, N, 3)
+    sigma0 = (0.3 / MASSES).sqrt()[None, :, None]
+    v0 = sigma0 * torch.randn(segments, len(Z), 3, generator=generator, dtype=torch.float64)
+    v1 = 1.5 * sigma0 * torch.randn(segments, len(Z), 3, generator=generator, dtype=torch.float64)
+    v0 = v0 - center_of_mass(v0, MASSES)  # input momenta are zero (the forecast keeps them)
+    data = TrajectoryData(System(Z, MASSES), positions, torch.stack([v0, v1], 1), 0.01)
+    fitted = torch.tensor(fit_velocity_noise(model, data, lag=1, max_windows=segments), dtype=torch.float64)
+    element_masses = torch.tensor([1.0, 12.0, 14.0, 16.0], dtype=torch.float64)
+    empirical = torch.stack(
+        [v1[:, Z == e].square().mean() - v0[:, Z == e].square().mean() for e in (1, 6, 7, 8)]
+    )
+    torch.testing.assert_close(fitted.square(), empirical, rtol=0.02, atol=0)  # v̂ ≈ v (rotation fix-up)
+    # σ₁² − σ₀², σ₀² lowered by 0.3 / M by removing the centre-of-mass velocity
+    expected = 1.25 * 0.3 / element_masses + 0.3 / MASSES.sum()
+    torch.testing.assert_close(fitted.square(), expected, rtol=0.15, atol=0)
+    torch.testing.assert_close(model.velocity_noise, fitted)
+
+
+def _triangle_data(walkers=8, n_frames=40):
+    from molsamp.integrators import VelocityVerlet
+
+    z = torch.tensor([8, 1, 1])
+    masses = torch.tensor([16.0, 1.0, 1.0], dtype=torch.float64)
+    system, potential = System(z, masses), _SpringTriangle()
+    generator = torch.Generator().manual_seed(4)
+    x0 = torch.tensor([[0.0, 0.0, 0.0], [0.12, 0.0, 0.0], [0.06, 0.104, 0.0]], dtype=torch.float64)
+    x = x0 + 0.005 * torch.randn(walkers, 3, 3, generator=generator, dtype=torch.float64)
+    v = torch.randn(walkers, 3, 3, generator=generator, dtype=torch.float64) * (2.5 / masses[:, None]).sqrt()
+    verlet = VelocityVerlet(potential, masses, 0.0005)
+    data, _ = record_trajectory(verlet, system, State(x, v - center_of_mass(v, masses)), n_frames, 2)
+    return data, verlet, potential
+
+
+def _relative_energy_drift(data, potential) -> float:
+    """Largest |E(t) − E(0)| of any segment over its mean kinetic energy (NVE: small)."""
+    s, t = data.positions.shape[:2]
+    e_pot = potential.energy(data.positions.reshape(s * t, -1, 3)).reshape(s, t)
+    kinetic = 0.5 * (data.system.masses[:, None] * data.velocities.square()).sum((-2, -1))
+    total = e_pot + kinetic
+    return float(((total - total[:, :1]).abs().max(1).values / kinetic.mean(1)).max())
+
+
+def test_restarts_are_true_trajectories_from_strained_or_forecast_states():
+    """Both kinds of restart segments follow the reference dynamics (total energy conserved
+    along each NVE segment), start off the data (strained: noisier bonds; forecast: where a
+    rollout went) and join the chunked data."""
+    from molsamp.flows.trajcast import join, perturbed_restarts
+    from molsamp.flows.trajcast.training import rollout_restarts
+
+    data, verlet, potential = _triangle_data()
+    strained = perturbed_restarts(verlet, data, 12, 20, 2, 0.01, seed=1)
+    assert strained.positions.shape == (12, 20, 3, 3)
+    assert _relative_energy_drift(strained, potential) < 0.03
+    assert (
+        potential.energy(strained.positions[:, 0]).mean() > 2 * potential.energy(data.positions[:, 0]).mean()
+    )
+    joined = join([data.chunks(20), strained])
+    assert joined.positions.shape == (8 * 2 + 12, 20, 3, 3)
+    torch.testing.assert_close(joined.positions[1], data.positions[0, 20:])
+    with pytest.raises(ValueError, match="one length"):
+        join([data, strained])
+
+    model = TrajCast([1, 8], 0.005, r_max=0.3, channels=4, max_ell=2, dtype=torch.float64)
+    with torch.no_grad():  # an untrained forecaster that barely changes the state
+        model.displacement_scale.fill_(1e-4)
+        model.velocity_scale.fill_(1e-3)
+    forecast = rollout_restarts(model, verlet, data, 6, 8, 20, 2, 300.0, seed=2)
+    assert forecast is not None and forecast.positions.shape[1:] == (20, 3, 3)
+    assert 6 <= forecast.positions.shape[0] <= 24  # up to 4 states per rollout, all in range here
+    assert _relative_energy_drift(forecast, potential) < 0.03
 
 
 def test_trajectory_data_windows_do_not_cross_segments():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,6 +30,18 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--rollout-steps", type=int, default=1, help="forecast steps in the loss (multi-step rollout loss)"
     )
+    train.add_argument(
+        "--restarts", type=int, default=0, help="MD segments restarted from strained training frames"
+    )
+    train.add_argument(
+        "--restart-noise", type=float, default=0.005, help="largest position noise of --restarts, nm"
+    )
+    train.add_argument(
+        "--rollout-restarts",
+        type=int,
+        default=0,
+        help="rollouts whose states restart MD after 60 %% of the budget (DAgger), then training goes on",
+    )
     train.add_argument("--channels", type=int, default=16)
     train.add_argument("--batch-size", type=int, default=4)
     train.add_argument("--lr", type=float, default=3e-3)
@@ -44,6 +57,9 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     )
     roll.add_argument("--thermostat-ps", type=float, default=1.0, help="Bussi thermostat time constant, ps")
     roll.add_argument("--no-thermostat", action="store_true")
+    roll.add_argument(
+        "--no-velocity-noise", action="store_true", help="leave out the model's fitted velocity noise"
+    )
     roll.add_argument("--report-interval", type=int, default=10, help="forecast steps between frames/rows")
     roll.add_argument("--checkpoint-interval", type=int, default=1000)
     roll.add_argument("--resume", action="store_true")
@@ -54,12 +70,28 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
 def train_model(
     system_name: str, minutes: float, md_ps: float, walkers: int, interval_steps: int, stride: int,
     rollout_steps: int = 1, channels: int = 16, batch_size: int = 4, lr: float = 3e-3, seed: int = 0,
-    progress: bool = True,
+    progress: bool = True, restarts: int = 0, restart_frames: int = 100, restart_noise: float = 0.005,
+    rollout_restarts: int = 0, rollout_restart_steps: int = 200, first_phase: float = 0.6,
 ) -> tuple:  # fmt: skip
-    """Equilibrate, record MD, train. Returns (model, result, data, final MD state, timings)."""
+    """Equilibrate, record MD, train. Returns (model, result, data, final MD state, timings).
+
+    With ``restarts`` > 0 the training part (not the validation part) also gets that many
+    segments of ``restart_frames`` frames of reference MD restarted from training frames with
+    positions displaced by up to ``restart_noise`` nm (:func:`perturbed_restarts`). With
+    ``rollout_restarts`` > 0, training stops after ``first_phase`` of the budget, MD restarted
+    from the states ``rollout_restarts`` rollouts of ``rollout_restart_steps`` steps reach is
+    added (:func:`rollout_restarts`), and training goes on for the rest of the budget."""
     from molsamp.flows.trajcast import recipes
     from molsamp.flows.trajcast.model import TrajCast
-    from molsamp.flows.trajcast.training import ForecastTrainingConfig, train_forecaster
+    from molsamp.flows.trajcast.training import (
+        ForecastTrainingConfig,
+        join,
+        perturbed_restarts,
+        train_forecaster,
+    )
+    from molsamp.flows.trajcast.training import (
+        rollout_restarts as on_policy_restarts,
+    )
 
     if interval_steps % stride:
         raise ValueError(f"--stride {stride} must divide --interval-steps {interval_steps}")
@@ -69,8 +101,14 @@ def train_model(
     start = time.perf_counter()
     state = recipes.equilibrate(system_name, system, state, potential, seed)
     data, state = recipes.training_data(system_name, system, state, potential, md_ps, stride, seed)
-    timings["md_data_s"] = time.perf_counter() - start
     train_set, val_set = data.split(0.1)
+    if restarts > 0:
+        integrator = recipes.data_integrator(system_name, system, potential, seed + 10)
+        extra = perturbed_restarts(
+            integrator, train_set, restarts, restart_frames, stride, restart_noise, seed
+        )
+        train_set = join([train_set.chunks(restart_frames), extra])
+    timings["md_data_s"] = time.perf_counter() - start
     model = TrajCast(
         system.atomic_numbers.unique().tolist(), interval_steps * settings.timestep, r_max=settings.r_max,
         channels=channels, max_ell=settings.max_ell,
@@ -79,7 +117,30 @@ def train_model(
         lag=interval_steps // stride, rollout_steps=rollout_steps, batch_size=batch_size, lr=lr,
         max_time_s=60.0 * minutes, seed=seed, progress=progress,
     )  # fmt: skip
-    result = train_forecaster(model, train_set, val_set, config)
+    if rollout_restarts <= 0:
+        result = train_forecaster(model, train_set, val_set, config)
+    else:
+        first = train_forecaster(
+            model, train_set, val_set, replace(config, max_time_s=first_phase * config.max_time_s)
+        )
+        t0 = time.perf_counter()
+        integrator = recipes.data_integrator(system_name, system, potential, seed + 20)
+        extra = on_policy_restarts(
+            model, integrator, train_set, rollout_restarts, rollout_restart_steps, restart_frames, stride,
+            settings.temperature, seed,
+        )  # fmt: skip
+        if extra is not None:
+            if train_set.positions.shape[1] != restart_frames:
+                train_set = train_set.chunks(restart_frames)
+            train_set = join([train_set, extra])
+        timings["rollout_restart_s"] = time.perf_counter() - t0
+        timings["rollout_restart_segments"] = 0 if extra is None else int(extra.positions.shape[0])
+        rest = max(0.0, config.max_time_s - first.seconds - timings["rollout_restart_s"])
+        second = replace(config, max_time_s=rest, lr=0.3 * config.lr)  # fine-tuning, not a new warm start
+        result = train_forecaster(model, train_set, val_set, second, fit=False)
+        result.steps += first.steps
+        result.seconds += first.seconds + timings["rollout_restart_s"]
+        result.history[:0] = first.history
     timings["training_s"] = result.seconds
     return model, result, data, state, timings
 
@@ -91,6 +152,7 @@ def _run_train(args: argparse.Namespace) -> None:
     model, result, _, state, timings = train_model(
         args.system, args.minutes, args.md_ps, args.walkers, args.interval_steps, args.stride,
         args.rollout_steps, args.channels, args.batch_size, args.lr, args.seed, not args.quiet,
+        restarts=args.restarts, restart_noise=args.restart_noise, rollout_restarts=args.rollout_restarts,
     )  # fmt: skip
     out: Path = args.output
     metadata = {
@@ -131,6 +193,7 @@ def _run_rollout(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     final = rollout(
         model, system, state, args.steps, temperature=temperature, thermostat_time=args.thermostat_ps,
+        velocity_noise=not args.no_velocity_noise,
         generator=args.seed, potential=potential, reporters=reporters, checkpoint=out / "checkpoint.pt",
         checkpoint_interval=args.checkpoint_interval, resume=args.resume, progress=not args.quiet,
     )  # fmt: skip

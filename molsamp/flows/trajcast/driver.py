@@ -3,8 +3,9 @@
 The forecaster is wrapped as a molsamp :class:`~molsamp.integrators.Integrator`, so a rollout
 gets the same reporters (CSV, trajectory files), atomic checkpoints with exact resume and the
 NaN/explosion guard as MD. Each step: forecast (Δx, v') through the conservation layer,
-move, thermostat the velocities (optional), wrap the positions into the cell; the graph is
-rebuilt from the new positions at the next step.
+move, add the model's velocity noise (its fitted per-element σ, without net linear or angular
+momentum; optional), thermostat the velocities (optional), wrap the positions into the cell;
+the graph is rebuilt from the new positions at the next step.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from molsamp.flows.trajcast.model import TrajCast
 from molsamp.flows.trajcast.physics import (
     StochasticVelocityRescaling,
     conserved_degrees_of_freedom,
+    split_motion,
     wrap_positions,
 )
-from molsamp.integrators.base import Integrator
+from molsamp.integrators.base import Integrator, as_generator
 from molsamp.integrators.guard import ExplosionGuard
 from molsamp.integrators.simulate import DEFAULT_GUARD, simulate
 from molsamp.io.reporters import Reporter
@@ -48,7 +50,9 @@ class ForecastIntegrator(Integrator):
     system : the System (atomic numbers, masses, cell, pbc)
     temperature : K for the Bussi–Donadio–Parrinello thermostat, or None (no thermostat)
     thermostat_time : τ of the thermostat, ps
-    generator : seeded ``torch.Generator`` or int seed (the thermostat's noise)
+    velocity_noise : add ``model.velocity_noise`` (per element, nm/ps) Gaussian noise to the
+        forecast velocities, which restores the mean square an MSE-trained forecast lacks
+    generator : seeded ``torch.Generator`` or int seed (the thermostat's and the noise's)
     potential : reference potential used only for reports (energy columns), or None
     angular : conserve angular momentum; default: for isolated systems (no cell)
     """
@@ -60,6 +64,7 @@ class ForecastIntegrator(Integrator):
         *,
         temperature: float | None = None,
         thermostat_time: float = 0.5,
+        velocity_noise: bool = True,
         generator: torch.Generator | int = 0,
         potential: Potential | None = None,
         angular: bool | None = None,
@@ -68,10 +73,16 @@ class ForecastIntegrator(Integrator):
         self.model = model
         self.system = system
         self.angular = (not system.periodic) if angular is None else bool(angular)
+        self.generator = as_generator(
+            generator, model.displacement_scale.device
+        )  # int: on the model's device
+        self.noise = bool(velocity_noise) and bool((model.velocity_noise > 0).any())
         self.thermostat = (
             None
             if temperature is None
-            else StochasticVelocityRescaling(temperature, thermostat_time, generator, angular=self.angular)
+            else StochasticVelocityRescaling(
+                temperature, thermostat_time, self.generator, angular=self.angular
+            )
         )
 
     @property
@@ -83,7 +94,10 @@ class ForecastIntegrator(Integrator):
         return 3 * n_atoms - conserved_degrees_of_freedom(self.angular)
 
     def settings(self) -> dict[str, float | str]:
-        settings = {**super().settings(), "integrator": "TrajCast", "angular": str(self.angular)}
+        settings = {
+            **super().settings(), "integrator": "TrajCast", "angular": str(self.angular),
+            "velocity_noise": str(self.noise),
+        }  # fmt: skip
         if self.thermostat is not None:
             settings.update(
                 temperature=self.thermostat.temperature, thermostat_time=self.thermostat.time_constant
@@ -91,31 +105,42 @@ class ForecastIntegrator(Integrator):
         return settings
 
     def checkpoint_data(self) -> dict[str, torch.Tensor]:
-        return {} if self.thermostat is None else {"generator": self.thermostat.generator.get_state()}
+        return {"generator": self.generator.get_state()}
 
     def restore_checkpoint_data(self, data: dict[str, torch.Tensor], state: State) -> None:
-        if self.thermostat is not None:
-            self.thermostat.generator.set_state(data["generator"])
+        self.generator.set_state(data["generator"])
 
     def _step(self, state: State, n_steps: int) -> State:
-        system, model = self.system, self.model
         x, v = state.positions, state.velocities
-        z = system.atomic_numbers.to(x.device)
-        masses = self.masses.to(x)
-        cell = state.cell
         for _ in range(n_steps):
-            dx, v = model.forecast(z, masses, x, v, cell, system.pbc, angular=self.angular)
-            x = x + dx
+            x, v = self.advance(x, v, state.cell)
             if not (torch.isfinite(x).all() and torch.isfinite(v).all()):
                 # simulate() turns this into SimulationExploded with the last good state
                 raise ArithmeticError("the forecast produced non-finite positions or velocities")
-            if self.thermostat is not None:
-                v = self.thermostat.apply(x, v, masses, self.timestep)
-            if cell is not None and system.periodic:
-                x = wrap_positions(x, cell, system.pbc)
         return state.replace(
             positions=x, velocities=v, step=state.step + n_steps, time=state.time + n_steps * self.timestep
         )
+
+    def advance(
+        self, x: torch.Tensor, v: torch.Tensor, cell: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forecast step of (B, N, 3) positions and velocities: forecast, velocity noise,
+        thermostat, wrap. Walkers are independent (a non-finite one leaves the others alone)."""
+        system, model = self.system, self.model
+        z = system.atomic_numbers.to(x.device)
+        masses = self.masses.to(x)
+        dx, v = model.forecast(z, masses, x, v, cell, system.pbc, angular=self.angular)
+        x = x + dx
+        if self.noise:  # the conserved momenta take no noise: the free dofs take all of it
+            free = self.degrees_of_freedom(system.n_atoms) / (3 * system.n_atoms)
+            sigma = model.velocity_noise[model.species(z)].to(x)[:, None] / free**0.5  # (N, 1)
+            kick = sigma * torch.randn(v.shape, generator=self.generator, dtype=v.dtype, device=v.device)
+            v = v + split_motion(x, kick, masses, self.angular)[1]
+        if self.thermostat is not None:
+            v = self.thermostat.apply(x, v, masses, self.timestep)
+        if cell is not None and system.periodic:
+            x = wrap_positions(x, cell, system.pbc)
+        return x, v
 
 
 def rollout(
@@ -126,6 +151,7 @@ def rollout(
     *,
     temperature: float | None = None,
     thermostat_time: float = 0.5,
+    velocity_noise: bool = True,
     generator: torch.Generator | int = 0,
     potential: Potential | None = None,
     reporters: Sequence[Reporter] = (),
@@ -144,7 +170,8 @@ def rollout(
     state : starting State (positions nm, velocities nm/ps); its momenta are conserved, so give
         zero total momentum (and zero angular momentum for isolated molecules) for a system at rest
     temperature, thermostat_time : Bussi thermostat at ``temperature`` K with τ ps (None: none)
-    generator : seeded generator or int seed of the thermostat
+    velocity_noise : add the model's fitted velocity noise (:class:`ForecastIntegrator`)
+    generator : seeded generator or int seed of the thermostat and the noise
     potential : reference potential for the energy columns of reports (None: NaN energies)
     reporters, checkpoint, checkpoint_interval, resume, progress, guard, guard_interval :
         as in :func:`molsamp.integrators.simulate`; intervals count forecast steps
@@ -154,8 +181,8 @@ def rollout(
     The final State (``step`` counts forecast steps, ``time`` in ps).
     """
     integrator = ForecastIntegrator(
-        model, system, temperature=temperature, thermostat_time=thermostat_time, generator=generator,
-        potential=potential,
+        model, system, temperature=temperature, thermostat_time=thermostat_time,
+        velocity_noise=velocity_noise, generator=generator, potential=potential,
     )  # fmt: skip
     with torch.no_grad():
         return simulate(

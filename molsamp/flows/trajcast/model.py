@@ -6,8 +6,10 @@ fixed interval Δt, followed by the conservation layer.
 networks", 2025.) Written from the paper on molsamp's MACE pieces: the interaction + product
 layer (:class:`~molsamp.potentials.mace.MACELayer`), the Bessel radial basis with polynomial
 cutoff and the neighbour lists. Node features carry scalars and vectors (``C×0e + C×1o``);
-the velocity enters as a vector feature, its size as a scalar; two vector read-outs (1o) give
-the normalised residuals
+the velocity enters as a vector feature, its size as a scalar; with ``edge_velocity`` the
+radial MLPs also see each edge's approach rate ṙ_ij = r̂_ij · (v_j − v_i) (what a pair force
+changes with over the interval: a bond's phase, a collision's closing speed); two vector
+read-outs (1o) give the normalised residuals
 
     Δx = v Δt + σ_x(Z) · y_x,        v' = v + σ_v(Z) · y_v,
 
@@ -49,6 +51,8 @@ class TrajCast(torch.nn.Module):
     num_interactions : message-passing layers
     num_bessel, num_polynomial_cutoff : radial basis size and envelope order
     radial_mlp : hidden widths of the radial MLPs
+    edge_velocity : feed the approach rate ṙ_ij (in units of the RMS input velocity, softly
+        clipped at ±3) to the radial MLPs beside the Bessel basis of r_ij
     dtype : parameter dtype (the global default dtype is never changed)
 
     Buffers (in the state dict)
@@ -56,6 +60,8 @@ class TrajCast(torch.nn.Module):
     displacement_scale, velocity_scale : (n_elements,) σ_x (nm) and σ_v (nm/ps) of the residuals
     input_velocity_scale : (n_elements,) RMS velocity component per element, nm/ps (inputs are
         divided by it)
+    velocity_noise : (n_elements,) nm/ps, standard deviation of the Gaussian noise a rollout
+        adds to the forecast velocities (``fit_velocity_noise``; zero until fitted)
     """
 
     def __init__(
@@ -71,6 +77,7 @@ class TrajCast(torch.nn.Module):
         num_bessel: int = 8,
         num_polynomial_cutoff: int = 5,
         radial_mlp: Sequence[int] = (32, 32),
+        edge_velocity: bool = True,
         dtype: torch.dtype | None = None,
     ):
         super().__init__()
@@ -100,12 +107,16 @@ class TrajCast(torch.nn.Module):
             "num_bessel": int(num_bessel),
             "num_polynomial_cutoff": int(num_polynomial_cutoff),
             "radial_mlp": [int(w) for w in radial_mlp],
+            "edge_velocity": bool(edge_velocity),
         }
+        self.edge_velocity = bool(edge_velocity)
+        n_radial = 2 * num_bessel if edge_velocity else num_bessel
         n_el = len(elements)
         self.register_buffer("_species_of_z", element_lookup(elements), persistent=False)
         default = torch.get_default_dtype()
         for name in ("displacement_scale", "velocity_scale", "input_velocity_scale"):
             self.register_buffer(name, torch.ones(n_el, dtype=default))
+        self.register_buffer("velocity_noise", torch.zeros(n_el, dtype=default))
         self.channels = int(channels)
         self.hidden = o3.Irreps(f"{channels}x0e+{channels}x1o")
         self.irreps_sh = o3.Irreps.spherical_harmonics(max_ell)
@@ -125,7 +136,7 @@ class TrajCast(torch.nn.Module):
                 self.hidden,
                 channels,
                 n_el,
-                num_bessel,
+                n_radial,
                 list(radial_mlp),
                 correlation,
             )
@@ -159,12 +170,15 @@ class TrajCast(torch.nn.Module):
         return element_indices(self._species_of_z, self.elements, atomic_numbers)
 
     # ------------------------------------------------------------------ network
-    def _residuals(self, species, velocities, edge_index, vectors) -> torch.Tensor:
+    def _residuals(self, species, velocities, edge_index, vectors, approach_rate) -> torch.Tensor:
         """Normalised residuals (M, 2, 3) from element indices (M,), scaled velocities (M, 3),
-        edges (2, E) and edge vectors (E, 3) nm."""
+        edges (2, E), edge vectors (E, 3) nm and approach rates (E,) (unused without
+        ``edge_velocity``)."""
         n_el = len(self.elements)
         one_hot = torch.nn.functional.one_hot(species, n_el).to(velocities.dtype)
         radial = self.radial_embedding(torch.linalg.norm(vectors, dim=-1))
+        if self.edge_velocity:  # zero beyond r_max like the Bessel part (the MLPs have no bias)
+            radial = torch.cat([radial, radial * approach_rate[:, None]], dim=-1)
         sh = self.spherical_harmonics(vectors)
         scalars = self.embedding(one_hot) + self.speed_embedding(velocities.square().sum(-1, keepdim=True))
         vectors_in = self.velocity_channels[species][:, :, None] * velocities[:, None, :]  # (M, C, 3)
@@ -199,7 +213,11 @@ class TrajCast(torch.nn.Module):
         vectors = edge_vectors(flat, pairs.edge_index, pairs.shifts, cells, batch)
         species = self.species(atomic_numbers).to(positions.device).repeat(n_walkers)
         scaled_v = flat_v / self.input_velocity_scale[species][:, None]
-        y = self._residuals(species, scaled_v, pairs.edge_index, vectors)
+        i, j = pairs.edge_index
+        relative = (flat_v[j] - flat_v[i]) / self.input_velocity_scale.mean()
+        approach_rate = (relative * vectors).sum(-1) / torch.linalg.norm(vectors, dim=-1).clamp_min(1e-9)
+        approach_rate = 3.0 * torch.tanh(approach_rate / 3.0)  # bounded: rare fast collisions stay in range
+        y = self._residuals(species, scaled_v, pairs.edge_index, vectors, approach_rate)
         displacement = flat_v * self.interval + self.displacement_scale[species][:, None] * y[:, 0]
         new_velocities = flat_v + self.velocity_scale[species][:, None] * y[:, 1]
         shape = positions.shape
@@ -273,6 +291,9 @@ def load_forecaster(path: str | Path, device: torch.device | str = "cpu") -> tup
     if dtype is None:
         raise ValueError(f"{path}: dtype must be float32 or float64, got {payload.get('dtype')!r}")
     hyper = json.loads(payload["hyperparameters"])
+    hyper.setdefault("edge_velocity", False)  # files written before these options existed
+    state = payload["state_dict"]
+    state.setdefault("velocity_noise", torch.zeros_like(state["velocity_scale"]))
     model = TrajCast(hyper.pop("elements"), hyper.pop("interval"), **hyper, dtype=dtype)
-    model.load_state_dict(payload["state_dict"])
+    model.load_state_dict(state)
     return model.to(device), json.loads(payload["metadata"])

@@ -124,6 +124,18 @@ def minimum_image(
     return fractional @ cell
 
 
+def split_motion(
+    positions: torch.Tensor, velocities: torch.Tensor, masses: torch.Tensor, angular: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, internal) parts of (B, N, 3) velocities: kept = the COM motion (+ with ``angular``
+    the rigid rotation about the COM), internal = the rest, which carries no linear (and no
+    angular) momentum."""
+    kept = center_of_mass(velocities, masses).expand_as(velocities)
+    if angular:
+        kept = kept + _rigid_rotation(positions, masses, angular_momentum(positions, velocities, masses))
+    return kept, velocities - kept
+
+
 def conserved_degrees_of_freedom(angular: bool) -> int:
     """Degrees of freedom fixed by the conservation layer: 3 (linear momentum) + 3 (angular)."""
     return 6 if angular else 3
@@ -167,11 +179,8 @@ class StochasticVelocityRescaling:
     def split(
         self, positions: torch.Tensor, velocities: torch.Tensor, masses: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(kept, internal) parts of (B, N, 3) velocities: kept = COM (+ rigid rotation) motion."""
-        kept = center_of_mass(velocities, masses).expand_as(velocities)
-        if self.angular:
-            kept = kept + _rigid_rotation(positions, masses, angular_momentum(positions, velocities, masses))
-        return kept, velocities - kept
+        """(kept, internal) parts of (B, N, 3) velocities (:func:`split_motion`)."""
+        return split_motion(positions, velocities, masses, self.angular)
 
     def apply(
         self, positions: torch.Tensor, velocities: torch.Tensor, masses: torch.Tensor, interval: float

@@ -76,19 +76,26 @@ def equilibrate(
     return simulate(langevin, state, steps, progress=False)
 
 
+def data_integrator(name: str, system, potential, seed: int = 0, temperature: float | None = None):
+    """The MD that makes a recipe's training data: Langevin at the data friction, or velocity
+    Verlet (NVE) when the recipe's data friction is 0."""
+    settings = recipe(name)
+    temperature = settings.temperature if temperature is None else temperature
+    if settings.data_friction > 0:
+        return LangevinBAOAB(
+            potential, system.masses, settings.timestep, temperature, settings.data_friction, seed + 1
+        )
+    return VelocityVerlet(potential, system.masses, settings.timestep)
+
+
 def training_data(
     name: str, system, state: State, potential, picoseconds: float, stride: int, seed: int = 0,
     temperature: float | None = None,
 ) -> tuple[TrajectoryData, State]:  # fmt: skip
     """Frames every ``stride`` MD steps over ``picoseconds`` from every walker of ``state``."""
     settings = recipe(name)
-    temperature = settings.temperature if temperature is None else temperature
-    if settings.data_friction > 0:
-        integrator = LangevinBAOAB(
-            potential, system.masses, settings.timestep, temperature, settings.data_friction, seed + 1
-        )
-    else:
-        integrator = VelocityVerlet(potential, system.masses, settings.timestep)
+    integrator = data_integrator(name, system, potential, seed, temperature)
+    if settings.data_friction == 0:
         state = state.replace(velocities=state.velocities - center_of_mass(state.velocities, system.masses))
     n_frames = int(round(picoseconds / (stride * settings.timestep)))
     return record_trajectory(integrator, system, state, n_frames, stride)

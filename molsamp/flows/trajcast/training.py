@@ -74,6 +74,67 @@ class TrajectoryData:
             TrajectoryData(self.system, self.positions[:, cut:], self.velocities[:, cut:], self.frame_time),
         )
 
+    def chunks(self, n_frames: int) -> TrajectoryData:
+        """Every segment cut into consecutive pieces of ``n_frames`` (a remainder is dropped);
+        windows that crossed a cut are lost, 1 in ``n_frames / span`` of them."""
+        n_segments, n_total = self.positions.shape[:2]
+        pieces = n_total // n_frames
+        if pieces < 1:
+            raise ValueError(f"segments of {n_total} frames are shorter than one chunk of {n_frames}")
+
+        def cut(frames: torch.Tensor) -> torch.Tensor:
+            return frames[:, : pieces * n_frames].reshape(n_segments * pieces, n_frames, *frames.shape[2:])
+
+        return TrajectoryData(self.system, cut(self.positions), cut(self.velocities), self.frame_time)
+
+
+def join(parts: Sequence[TrajectoryData]) -> TrajectoryData:
+    """One data set from several of the same system, frame time and segment length."""
+    first = parts[0]
+    for part in parts[1:]:
+        if part.positions.shape[1:] != first.positions.shape[1:] or part.frame_time != first.frame_time:
+            raise ValueError(
+                f"can only join segments of one length and frame time: {tuple(part.positions.shape[1:])} at "
+                f"{part.frame_time} ps vs {tuple(first.positions.shape[1:])} at {first.frame_time} ps"
+            )
+    return TrajectoryData(
+        first.system,
+        torch.cat([p.positions for p in parts]),
+        torch.cat([p.velocities for p in parts]),
+        first.frame_time,
+    )
+
+
+def perturbed_restarts(
+    integrator: Integrator,
+    data: TrajectoryData,
+    n_segments: int,
+    n_frames: int,
+    stride: int,
+    position_noise: float,
+    seed: int = 0,
+) -> TrajectoryData:
+    """Reference MD restarted from ``n_segments`` frames of ``data`` whose positions were
+    displaced by Gaussian noise of standard deviation drawn uniformly from [0, position_noise]
+    nm per segment (velocities kept). The segments are real trajectories of the reference
+    dynamics, hotter and more strained than the data, so the forecaster also learns the true
+    dynamics a little off the equilibrium manifold, where a rollout's errors take it."""
+    if n_segments < 1 or not position_noise >= 0:
+        raise ValueError(
+            f"n_segments must be >= 1 and position_noise >= 0 nm, got {n_segments}, {position_noise}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    segments, frames = data.positions.shape[:2]
+    picks = torch.randint(segments * frames, (n_segments,), generator=generator)
+    positions = data.positions.reshape(-1, *data.positions.shape[2:])[picks]
+    velocities = data.velocities.reshape(-1, *data.velocities.shape[2:])[picks]
+    scale = position_noise * torch.rand(n_segments, 1, 1, generator=generator, dtype=positions.dtype)
+    positions = positions + scale * torch.randn(positions.shape, generator=generator, dtype=positions.dtype)
+    restarts, _ = record_trajectory(
+        integrator, data.system, State(positions, velocities, data.system.cell), n_frames, stride
+    )
+    return restarts
+
 
 def record_trajectory(
     integrator: Integrator, system: System, state: State, n_frames: int, stride: int
@@ -146,6 +207,106 @@ def fit_scales(model: TrajCast, data: TrajectoryData, lag: int) -> dict[str, lis
         "input_velocity_scale_nm_per_ps": sigma_in.tolist(),
         "avg_num_neighbors": avg,
     }
+
+
+@torch.no_grad()
+def rollout_restarts(
+    model: TrajCast,
+    integrator: Integrator,
+    data: TrajectoryData,
+    n_starts: int,
+    forecast_steps: int,
+    n_frames: int,
+    stride: int,
+    temperature: float,
+    seed: int = 0,
+    max_energy_rise: float = 30.0,
+) -> TrajectoryData | None:
+    """Reference MD restarted from the states the model's own rollout reaches (DAgger).
+
+    ``n_starts`` frames of ``data`` are forecast ``forecast_steps`` steps (Bussi thermostat at
+    ``temperature`` K, the model's velocity noise); the states after 1/4, 2/4, 3/4 and all of
+    them, whose reference potential energy is at most ``max_energy_rise`` kJ/mol above the
+    highest of the data, start segments of ``n_frames`` frames of ``integrator``'s MD. So the
+    forecaster learns the true dynamics where its own errors take it. None when no rollout
+    stayed in range (a model too young to forecast)."""
+    from molsamp.flows.trajcast.driver import ForecastIntegrator
+
+    system = data.system
+    generator = torch.Generator().manual_seed(seed)
+    flat_x = data.positions.reshape(-1, *data.positions.shape[2:])
+    flat_v = data.velocities.reshape(-1, *data.velocities.shape[2:])
+    picks = torch.randint(len(flat_x), (n_starts,), generator=generator)
+    forecaster = ForecastIntegrator(model, system, temperature=temperature, generator=seed)
+    state = State(flat_x[picks], flat_v[picks], system.cell)
+    model_dtype = model.dtype
+    state = state.replace(
+        positions=state.positions.to(model_dtype), velocities=state.velocities.to(model_dtype)
+    )
+    potential = integrator.potential
+    sample = flat_x[torch.linspace(0, len(flat_x) - 1, 200).long()]
+    ceiling = float(potential.energy(sample, system.cell).max()) + max_energy_rise
+    start_x, start_v = state.positions, state.velocities
+    x, v = start_x, start_v
+    alive = torch.ones(n_starts, dtype=torch.bool)
+    kept_x, kept_v = [], []
+    for step in range(1, forecast_steps + 1):
+        x, v = forecaster.advance(x, v, system.cell)
+        kinetic = 0.5 * (system.masses[:, None] * v.double().square()).sum((-2, -1)) / system.n_atoms
+        alive &= torch.isfinite(x).all((-2, -1)) & (kinetic < 100.0)  # kJ/mol per atom, as the MD guard
+        x = torch.where(alive[:, None, None], x, start_x)  # a lost walker idles at its start
+        v = torch.where(alive[:, None, None], v, start_v)
+        if step % max(1, forecast_steps // 4) == 0 and alive.any():
+            energy = torch.full((n_starts,), math.inf, dtype=torch.float64)
+            energy[alive] = potential.energy(x[alive].double(), system.cell).double()
+            alive &= energy <= ceiling  # past the ceiling a walker only gets worse
+            kept_x.append(x[alive].double())
+            kept_v.append(v[alive].double())
+    positions = torch.cat(kept_x) if kept_x else torch.empty(0)
+    velocities = torch.cat(kept_v) if kept_v else torch.empty(0)
+    if len(positions) == 0:
+        return None
+    restarts, _ = record_trajectory(
+        integrator, system, State(positions, velocities, system.cell), n_frames, stride
+    )
+    return restarts
+
+
+@torch.no_grad()
+def fit_velocity_noise(
+    model: TrajCast, data: TrajectoryData, lag: int, max_windows: int = 512
+) -> list[float]:
+    """Set ``model.velocity_noise`` from one-step forecasts of (up to ``max_windows``) windows of
+    ``data``: per element, σ² = max(0, ⟨v'²⟩ − ⟨v̂'²⟩), the mean square the forecast lacks.
+
+    A forecaster trained on squared errors predicts the conditional mean, which is smaller than
+    the true velocity by its error: each step then drains kinetic energy (on alanine dipeptide
+    ~3 % of it per 10 fs, more than a Bussi thermostat of τ = 0.5 ps restores, so a rollout ran
+    100 K cold). Gaussian noise of that variance on the forecast gives back the mean square the
+    data have. Returns σ per element, nm/ps."""
+    windows = data.windows(lag, 1)
+    pick = torch.linspace(0, len(windows) - 1, min(max_windows, len(windows))).round().long()
+    system = data.system
+    device, dtype = model.displacement_scale.device, model.dtype
+    z = system.atomic_numbers.to(device)
+    masses = system.masses.to(device, dtype)
+    cell = None if system.cell is None else system.cell.to(device, dtype)
+    species = model.species(z).cpu()
+    n_el = len(model.elements)
+    true_sq = torch.zeros(n_el, dtype=torch.float64)
+    forecast_sq = torch.zeros(n_el, dtype=torch.float64)
+    for chunk in windows[pick].split(16):
+        seg, start = chunk[:, 0], chunk[:, 1]
+        x = data.positions[seg, start].to(device, dtype)
+        v = data.velocities[seg, start].to(device, dtype)
+        _, forecast = model.forecast(z, masses, x, v, cell, system.pbc)
+        target = data.velocities[seg, start + lag]
+        true_sq.index_add_(0, species, target.square().sum((0, 2)))
+        forecast_sq.index_add_(0, species, forecast.double().cpu().square().sum((0, 2)))
+    counts = torch.bincount(species, minlength=n_el).clamp_min(1) * 3 * len(pick)
+    sigma = ((true_sq - forecast_sq) / counts).clamp_min(0.0).sqrt()
+    model.velocity_noise.copy_(sigma)
+    return sigma.tolist()
 
 
 @dataclass
@@ -320,6 +481,7 @@ def train_forecaster(
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    scales["velocity_noise_nm_per_ps"] = fit_velocity_noise(model, val_data, config.lag)
     settings = {
         k: (v if isinstance(v, (int, float, bool, type(None))) else str(v)) for k, v in asdict(config).items()
     }
