@@ -20,6 +20,7 @@ from molsamp.flows.trajcast import (
     angular_momentum,
     center_of_mass,
     conserve,
+    fit_scales,
     load_forecaster,
     minimum_image,
     record_trajectory,
@@ -408,6 +409,22 @@ def test_restarts_are_true_trajectories_from_strained_or_forecast_states():
     assert forecast is not None and forecast.positions.shape[1:] == (20, 3, 3)
     assert 6 <= forecast.positions.shape[0] <= 24  # up to 4 states per rollout, all in range here
     assert _relative_energy_drift(forecast, potential) < 0.03
+
+
+def test_training_skips_a_non_finite_window_instead_of_poisoning_the_weights():
+    data, _, _ = _triangle_data(walkers=4, n_frames=20)
+    velocities = data.velocities.clone()
+    velocities[0] = float("nan")  # one corrupt segment: a quarter of the windows
+    corrupt = TrajectoryData(data.system, data.positions, velocities, data.frame_time)
+    model = TrajCast([1, 8], 0.005, r_max=0.3, channels=4, max_ell=2, dtype=torch.float64)
+    fit_on = TrajectoryData(data.system, data.positions[1:], data.velocities[1:], data.frame_time)
+    fit_scales(model, fit_on, lag=5)
+    config = ForecastTrainingConfig(lag=5, batch_size=2, max_steps=40, val_every=40, progress=False,
+                                    dtype=torch.float64)  # fmt: skip
+    result = train_forecaster(model, corrupt, fit_on, config, fit=False)
+    assert result.history[-1]["skipped_non_finite_steps"] > 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert math.isfinite(result.best_val_loss)
 
 
 def test_trajectory_data_windows_do_not_cross_segments():

@@ -427,7 +427,7 @@ def train_forecaster(
     start = time.perf_counter()
     best, best_state, history = math.inf, None, []
     bar = tqdm(total=None, disable=not config.progress, unit="step", desc="trajcast")
-    step = 0
+    step = skipped = 0
 
     def validate() -> None:
         nonlocal best, best_state
@@ -446,7 +446,7 @@ def train_forecaster(
         ) / len(val_windows)
         history.append(
             {"step": step, "seconds": time.perf_counter() - start, "val_loss": loss, "val_one_step": first,
-             "lr": optimizer.param_groups[0]["lr"]}
+             "lr": optimizer.param_groups[0]["lr"], "skipped_non_finite_steps": skipped}
         )  # fmt: skip
         if loss < best:
             best, best_state = loss, copy.deepcopy(judged.state_dict())
@@ -467,11 +467,13 @@ def train_forecaster(
         loss, _ = window_loss(model, train_data, chosen, config.lag, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
+        if torch.isfinite(loss) and torch.isfinite(norm):  # one bad window must not poison the weights
+            optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
+        else:
+            skipped += 1
         step += 1
         bar.update(1)
         if step % config.val_every == 0:
