@@ -423,6 +423,10 @@ def test_training_skips_a_non_finite_window_instead_of_poisoning_the_weights():
                                     dtype=torch.float64)  # fmt: skip
     result = train_forecaster(model, corrupt, fit_on, config, fit=False)
     assert result.history[-1]["skipped_non_finite_steps"] > 0
+    two_step = ForecastTrainingConfig(lag=5, rollout_steps=2, batch_size=2, max_steps=20, val_every=20,
+                                      progress=False, dtype=torch.float64)  # fmt: skip
+    result = train_forecaster(model, corrupt, fit_on, two_step, fit=False)  # NaN mid-window: no crash
+    assert result.history[-1]["skipped_non_finite_steps"] > 0
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert math.isfinite(result.best_val_loss)
 

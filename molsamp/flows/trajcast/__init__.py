@@ -31,6 +31,7 @@ from molsamp.flows.trajcast.training import (
     join,
     perturbed_restarts,
     record_trajectory,
+    rollout_restarts,
     train_forecaster,
     window_loss,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "perturbed_restarts",
     "record_trajectory",
     "rollout",
+    "rollout_restarts",
     "save_forecaster",
     "split_motion",
     "train_forecaster",

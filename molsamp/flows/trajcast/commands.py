@@ -77,21 +77,12 @@ def train_model(
 
     With ``restarts`` > 0 the training part (not the validation part) also gets that many
     segments of ``restart_frames`` frames of reference MD restarted from training frames with
-    positions displaced by up to ``restart_noise`` nm (:func:`perturbed_restarts`). With
+    positions displaced by up to ``restart_noise`` nm (``training.perturbed_restarts``). With
     ``rollout_restarts`` > 0, training stops after ``first_phase`` of the budget, MD restarted
     from the states ``rollout_restarts`` rollouts of ``rollout_restart_steps`` steps reach is
-    added (:func:`rollout_restarts`), and training goes on for the rest of the budget."""
-    from molsamp.flows.trajcast import recipes
+    added (``training.rollout_restarts``), and training goes on for the rest of the budget."""
+    from molsamp.flows.trajcast import recipes, training
     from molsamp.flows.trajcast.model import TrajCast
-    from molsamp.flows.trajcast.training import (
-        ForecastTrainingConfig,
-        join,
-        perturbed_restarts,
-        train_forecaster,
-    )
-    from molsamp.flows.trajcast.training import (
-        rollout_restarts as on_policy_restarts,
-    )
 
     if interval_steps % stride:
         raise ValueError(f"--stride {stride} must divide --interval-steps {interval_steps}")
@@ -104,40 +95,40 @@ def train_model(
     train_set, val_set = data.split(0.1)
     if restarts > 0:
         integrator = recipes.data_integrator(system_name, system, potential, seed + 10)
-        extra = perturbed_restarts(
+        extra = training.perturbed_restarts(
             integrator, train_set, restarts, restart_frames, stride, restart_noise, seed
         )
-        train_set = join([train_set.chunks(restart_frames), extra])
+        train_set = training.join([train_set.chunks(restart_frames), extra])
     timings["md_data_s"] = time.perf_counter() - start
     model = TrajCast(
         system.atomic_numbers.unique().tolist(), interval_steps * settings.timestep, r_max=settings.r_max,
         channels=channels, max_ell=settings.max_ell,
     )  # fmt: skip
-    config = ForecastTrainingConfig(
+    config = training.ForecastTrainingConfig(
         lag=interval_steps // stride, rollout_steps=rollout_steps, batch_size=batch_size, lr=lr,
         max_time_s=60.0 * minutes, seed=seed, progress=progress,
     )  # fmt: skip
     if rollout_restarts <= 0:
-        result = train_forecaster(model, train_set, val_set, config)
+        result = training.train_forecaster(model, train_set, val_set, config)
     else:
-        first = train_forecaster(
+        first = training.train_forecaster(
             model, train_set, val_set, replace(config, max_time_s=first_phase * config.max_time_s)
         )
         t0 = time.perf_counter()
         integrator = recipes.data_integrator(system_name, system, potential, seed + 20)
-        extra = on_policy_restarts(
+        extra = training.rollout_restarts(
             model, integrator, train_set, rollout_restarts, rollout_restart_steps, restart_frames, stride,
             settings.temperature, seed,
         )  # fmt: skip
         if extra is not None:
             if train_set.positions.shape[1] != restart_frames:
                 train_set = train_set.chunks(restart_frames)
-            train_set = join([train_set, extra])
+            train_set = training.join([train_set, extra])
         timings["rollout_restart_s"] = time.perf_counter() - t0
         timings["rollout_restart_segments"] = 0 if extra is None else int(extra.positions.shape[0])
         rest = max(0.0, config.max_time_s - first.seconds - timings["rollout_restart_s"])
         second = replace(config, max_time_s=rest, lr=0.3 * config.lr)  # fine-tuning, not a new warm start
-        result = train_forecaster(model, train_set, val_set, second, fit=False)
+        result = training.train_forecaster(model, train_set, val_set, second, fit=False)
         result.steps += first.steps
         result.seconds += first.seconds + timings["rollout_restart_s"]
         result.history[:0] = first.history

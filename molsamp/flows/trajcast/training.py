@@ -379,6 +379,9 @@ def window_loss(
     for j, w in enumerate(weights, start=1):
         dx, v = model.forecast(z, masses, x, v, cell, system.pbc)
         x = x + dx
+        if not (torch.isfinite(x).all() and torch.isfinite(v).all()):  # no graph of NaN positions:
+            nan_loss = total + math.nan * (x.sum() + v.sum())  # NaN, still on the graph; training skips it
+            return nan_loss, per_step + [math.nan] * (len(weights) - len(per_step))
         ex = minimum_image(x - x_true[:, j], cell, system.pbc) / sx
         ev = (v - v_true[:, j]) / sv
         step_loss = ex.square().mean() + ev.square().mean()
