@@ -77,6 +77,9 @@ class ForecastIntegrator(Integrator):
             generator, model.displacement_scale.device
         )  # int: on the model's device
         self.noise = bool(velocity_noise) and bool((model.velocity_noise > 0).any())
+        # per-atom σ (N, 1), nm/ps; the conserved momenta take no noise, the free dofs take all of it
+        free = self.degrees_of_freedom(system.n_atoms) / (3 * system.n_atoms)
+        self._noise_sigma = model.velocity_noise[model.species(system.atomic_numbers)][:, None] / free**0.5
         self.thermostat = (
             None
             if temperature is None
@@ -131,10 +134,10 @@ class ForecastIntegrator(Integrator):
         masses = self.masses.to(x)
         dx, v = model.forecast(z, masses, x, v, cell, system.pbc, angular=self.angular)
         x = x + dx
-        if self.noise:  # the conserved momenta take no noise: the free dofs take all of it
-            free = self.degrees_of_freedom(system.n_atoms) / (3 * system.n_atoms)
-            sigma = model.velocity_noise[model.species(z)].to(x)[:, None] / free**0.5  # (N, 1)
-            kick = sigma * torch.randn(v.shape, generator=self.generator, dtype=v.dtype, device=v.device)
+        if self.noise:
+            kick = self._noise_sigma.to(x) * torch.randn(
+                v.shape, generator=self.generator, dtype=v.dtype, device=v.device
+            )
             v = v + split_motion(x, kick, masses, self.angular)[1]
         if self.thermostat is not None:
             v = self.thermostat.apply(x, v, masses, self.timestep)

@@ -172,7 +172,7 @@ class TrajCast(torch.nn.Module):
     # ------------------------------------------------------------------ network
     def _residuals(self, species, velocities, edge_index, vectors, approach_rate) -> torch.Tensor:
         """Normalised residuals (M, 2, 3) from element indices (M,), scaled velocities (M, 3),
-        edges (2, E), edge vectors (E, 3) nm and approach rates (E,) (unused without
+        edges (2, E), edge vectors (E, 3) nm and approach rates (E,) (None without
         ``edge_velocity``)."""
         n_el = len(self.elements)
         one_hot = torch.nn.functional.one_hot(species, n_el).to(velocities.dtype)
@@ -213,10 +213,14 @@ class TrajCast(torch.nn.Module):
         vectors = edge_vectors(flat, pairs.edge_index, pairs.shifts, cells, batch)
         species = self.species(atomic_numbers).to(positions.device).repeat(n_walkers)
         scaled_v = flat_v / self.input_velocity_scale[species][:, None]
-        i, j = pairs.edge_index
-        relative = (flat_v[j] - flat_v[i]) / self.input_velocity_scale.mean()
-        approach_rate = (relative * vectors).sum(-1) / torch.linalg.norm(vectors, dim=-1).clamp_min(1e-9)
-        approach_rate = 3.0 * torch.tanh(approach_rate / 3.0)  # bounded: rare fast collisions stay in range
+        approach_rate = None
+        if self.edge_velocity:
+            i, j = pairs.edge_index
+            relative = (flat_v[j] - flat_v[i]) / self.input_velocity_scale.mean()
+            approach_rate = (relative * vectors).sum(-1) / torch.linalg.norm(vectors, dim=-1).clamp_min(1e-9)
+            approach_rate = 3.0 * torch.tanh(
+                approach_rate / 3.0
+            )  # bounded: rare fast collisions stay in range
         y = self._residuals(species, scaled_v, pairs.edge_index, vectors, approach_rate)
         displacement = flat_v * self.interval + self.displacement_scale[species][:, None] * y[:, 0]
         new_velocities = flat_v + self.velocity_scale[species][:, None] * y[:, 1]

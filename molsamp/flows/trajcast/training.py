@@ -105,6 +105,14 @@ def join(parts: Sequence[TrajectoryData]) -> TrajectoryData:
     )
 
 
+def _random_frames(
+    data: TrajectoryData, n: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions and velocities (n, N, 3) of ``n`` frames drawn at random from every segment."""
+    picks = torch.randint(data.positions.shape[0] * data.positions.shape[1], (n,), generator=generator)
+    return data.positions.flatten(0, 1)[picks], data.velocities.flatten(0, 1)[picks]
+
+
 def perturbed_restarts(
     integrator: Integrator,
     data: TrajectoryData,
@@ -124,10 +132,7 @@ def perturbed_restarts(
             f"n_segments must be >= 1 and position_noise >= 0 nm, got {n_segments}, {position_noise}"
         )
     generator = torch.Generator().manual_seed(seed)
-    segments, frames = data.positions.shape[:2]
-    picks = torch.randint(segments * frames, (n_segments,), generator=generator)
-    positions = data.positions.reshape(-1, *data.positions.shape[2:])[picks]
-    velocities = data.velocities.reshape(-1, *data.velocities.shape[2:])[picks]
+    positions, velocities = _random_frames(data, n_segments, generator)
     scale = position_noise * torch.rand(n_segments, 1, 1, generator=generator, dtype=positions.dtype)
     positions = positions + scale * torch.randn(positions.shape, generator=generator, dtype=positions.dtype)
     restarts, _ = record_trajectory(
@@ -233,35 +238,35 @@ def rollout_restarts(
     from molsamp.flows.trajcast.driver import ForecastIntegrator
 
     system = data.system
-    generator = torch.Generator().manual_seed(seed)
-    flat_x = data.positions.reshape(-1, *data.positions.shape[2:])
-    flat_v = data.velocities.reshape(-1, *data.velocities.shape[2:])
-    picks = torch.randint(len(flat_x), (n_starts,), generator=generator)
-    forecaster = ForecastIntegrator(model, system, temperature=temperature, generator=seed)
-    state = State(flat_x[picks], flat_v[picks], system.cell)
-    model_dtype = model.dtype
-    state = state.replace(
-        positions=state.positions.to(model_dtype), velocities=state.velocities.to(model_dtype)
+    device, dtype = model.displacement_scale.device, model.dtype
+    start_x, start_v = (
+        t.to(device, dtype) for t in _random_frames(data, n_starts, torch.Generator().manual_seed(seed))
     )
+    forecaster = ForecastIntegrator(model, system, temperature=temperature, generator=seed)
     potential = integrator.potential
-    sample = flat_x[torch.linspace(0, len(flat_x) - 1, 200).long()]
+    frames = data.positions.flatten(0, 1)
+    sample = frames[torch.linspace(0, len(frames) - 1, 200).long()]
     ceiling = float(potential.energy(sample, system.cell).max()) + max_energy_rise
-    start_x, start_v = state.positions, state.velocities
+    masses = system.masses.to(device, torch.float64)
+    cell = None if system.cell is None else system.cell.to(device, dtype)
     x, v = start_x, start_v
-    alive = torch.ones(n_starts, dtype=torch.bool)
+    alive = torch.ones(n_starts, dtype=torch.bool, device=device)
     kept_x, kept_v = [], []
     for step in range(1, forecast_steps + 1):
-        x, v = forecaster.advance(x, v, system.cell)
-        kinetic = 0.5 * (system.masses[:, None] * v.double().square()).sum((-2, -1)) / system.n_atoms
+        x, v = forecaster.advance(x, v, cell)
+        kinetic = 0.5 * (masses[:, None] * v.double().square()).sum((-2, -1)) / system.n_atoms
         alive &= torch.isfinite(x).all((-2, -1)) & (kinetic < 100.0)  # kJ/mol per atom, as the MD guard
         x = torch.where(alive[:, None, None], x, start_x)  # a lost walker idles at its start
         v = torch.where(alive[:, None, None], v, start_v)
         if step % max(1, forecast_steps // 4) == 0 and alive.any():
+            # the reference potential (OpenMM) judges the states on the CPU, four times per rollout
+            x_cpu, v_cpu, alive_cpu = x.double().cpu(), v.double().cpu(), alive.cpu()
             energy = torch.full((n_starts,), math.inf, dtype=torch.float64)
-            energy[alive] = potential.energy(x[alive].double(), system.cell).double()
-            alive &= energy <= ceiling  # past the ceiling a walker only gets worse
-            kept_x.append(x[alive].double())
-            kept_v.append(v[alive].double())
+            energy[alive_cpu] = potential.energy(x_cpu[alive_cpu], system.cell).double()
+            alive_cpu &= energy <= ceiling  # past the ceiling a walker only gets worse
+            alive = alive_cpu.to(device)
+            kept_x.append(x_cpu[alive_cpu])
+            kept_v.append(v_cpu[alive_cpu])
     positions = torch.cat(kept_x) if kept_x else torch.empty(0)
     velocities = torch.cat(kept_v) if kept_v else torch.empty(0)
     if len(positions) == 0:
