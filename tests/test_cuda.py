@@ -257,3 +257,31 @@ def test_trajcast_rollout_on_cuda_matches_cpu():
     assert gpu.positions.device.type == "cuda"
     torch.testing.assert_close(gpu.positions.cpu(), cpu.positions, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(gpu.velocities.cpu(), cpu.velocities, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("thermostat", ["bussi", "langevin"])
+def test_trajcast_thermostats_run_on_cuda_and_keep_the_momenta(thermostat):
+    """Thermostat and velocity noise draw on the model's device; momenta stay conserved."""
+    from molsamp.flows.trajcast import angular_momentum, rollout
+    from molsamp.system import System
+
+    from .flows.test_trajcast import MASSES, Z, _model, _noisy, _state, _tame
+
+    x, v = _state()
+    model = _noisy(_tame(_model()), 0.05).to("cuda")
+    start = State(x, v).to("cuda")
+    final = rollout(
+        model, System(Z, MASSES), start, 50, temperature=300.0, thermostat_time=0.05,
+        thermostat=thermostat, generator=3, progress=False,
+    )  # fmt: skip
+    assert final.velocities.device.type == "cuda" and torch.isfinite(final.velocities).all()
+    masses = MASSES.to("cuda")
+    torch.testing.assert_close(
+        (masses[:, None] * final.velocities).sum(-2), (masses[:, None] * start.velocities).sum(-2)
+    )
+    torch.testing.assert_close(
+        angular_momentum(final.positions, final.velocities, masses),
+        angular_momentum(start.positions, start.velocities, masses),
+        rtol=1e-6,
+        atol=1e-8,
+    )

@@ -14,6 +14,7 @@ import torch
 from molsamp.flows.trajcast import (
     ForecastIntegrator,
     ForecastTrainingConfig,
+    LocalLangevinThermostat,
     StochasticVelocityRescaling,
     TrajCast,
     TrajectoryData,
@@ -26,11 +27,12 @@ from molsamp.flows.trajcast import (
     record_trajectory,
     rollout,
     save_forecaster,
+    split_motion,
     train_forecaster,
     wrap_positions,
 )
 from molsamp.flows.trajcast.observables import canonical_kinetic_energy_check
-from molsamp.io import CSVReporter, TrajectoryReporter
+from molsamp.io import CSVReporter, TrajectoryReporter, load_checkpoint
 from molsamp.potentials.base import Potential
 from molsamp.system import State, System
 from molsamp.testing import assert_mean_close, mean_and_standard_error
@@ -197,14 +199,15 @@ def test_velocity_noise_adds_its_mean_square_to_the_free_degrees_of_freedom(angu
     assert_mean_close(delta, 0.5 * c * 3 * len(Z), n_sigma=4.0, label="kinetic energy added")
 
 
+@pytest.mark.parametrize("kind", [StochasticVelocityRescaling, LocalLangevinThermostat])
 @pytest.mark.parametrize("angular", [False, True])
-def test_bussi_thermostat_samples_the_canonical_kinetic_energy(angular):
+def test_thermostats_sample_the_canonical_kinetic_energy(angular, kind):
     """K of the thermostatted internal motion: gamma(N_f/2, k_B T), N_f = 3N − 3 (− 3)."""
     n_atoms, temperature, n_steps, walkers = 6, 300.0, 6000, 4
     x, v = _state(seed=11)
     x, v = x[:, :n_atoms].expand(walkers, -1, -1), v[:, :n_atoms].repeat(walkers, 1, 1)
     masses = MASSES[:n_atoms]
-    thermostat = StochasticVelocityRescaling(temperature, 0.1, 123, angular=angular)
+    thermostat = kind(temperature, 0.1, 123, angular=angular)
     p0, l0 = (masses[:, None] * v).sum(-2), angular_momentum(x, v, masses)
     kinetic = []
     for _ in range(n_steps):
@@ -225,6 +228,42 @@ def test_bussi_thermostat_samples_the_canonical_kinetic_energy(angular):
     torch.testing.assert_close((masses[:, None] * v).sum(-2), p0, rtol=0, atol=1e-10)
     if angular:
         torch.testing.assert_close(angular_momentum(x, v, masses), l0, rtol=0, atol=1e-10)
+
+
+def test_langevin_thermostat_restores_equipartition_that_bussi_keeps_broken():
+    """Start with nearly all kinetic energy on the H atoms (what a forecaster that heats X–H
+    bonds drifts towards). Per-atom Langevin brings every element to its canonical mean
+    kinetic energy; Bussi rescales all atoms by one factor and keeps the heavy atoms cold. The
+    canonical per-atom means come from direct Maxwell–Boltzmann draws projected off the
+    conserved momenta."""
+    temperature, walkers, kt = 300.0, 64, BOLTZMANN_KJ_PER_MOL_K * 300.0
+    x, v = _state(seed=3)
+    x = x.expand(walkers, -1, -1)
+    hydrogen = Z == 1
+    v = torch.where(hydrogen[:, None], 4.0 * v, 0.0).expand(walkers, -1, -1)
+    v = split_motion(x, v, MASSES, True)[1]  # no net momenta: heavy atoms get a little motion
+    generator = torch.Generator().manual_seed(9)
+    draws = torch.randn((20_000, len(Z), 3), generator=generator, dtype=torch.float64)
+    _, draws = split_motion(x[:1].expand(20_000, -1, -1), draws * (kt / MASSES[:, None]).sqrt(), MASSES, True)
+    canonical = (0.5 * MASSES[:, None] * draws.square()).sum(-1).mean(0)  # (N,) kJ/mol
+    for kind in (LocalLangevinThermostat, StochasticVelocityRescaling):
+        thermostat, u, per_atom = kind(temperature, 0.05, 17, angular=True), v, []
+        for step in range(400):
+            u = thermostat.apply(x, u, MASSES, 0.01)
+            if step >= 100:  # after 20 τ
+                per_atom.append((0.5 * MASSES[:, None] * u.square()).sum(-1))
+        per_atom = torch.stack(per_atom)  # (T, W, N)
+        for element in (1, 6, 7, 8):
+            mask = Z == element
+            samples = per_atom[..., mask].sum(-1).numpy()
+            expected = float(canonical[mask].sum())
+            if kind is LocalLangevinThermostat:
+                assert_mean_close(samples, expected, label=f"K of Z = {element}")
+            elif element != 1:
+                assert samples.mean() < 0.2 * expected, (element, samples.mean(), expected)
+    torch.testing.assert_close(
+        angular_momentum(x, u, MASSES), angular_momentum(x, v, MASSES), rtol=0, atol=1e-10
+    )
 
 
 def test_rollout_wraps_into_the_cell_writes_reports_and_resumes_exactly(tmp_path):
@@ -467,4 +506,13 @@ def test_cli_forecast_train_then_rollout(tmp_path, capsys):
     rows = np.loadtxt(roll_dir / "energies.csv", delimiter=",", skiprows=1)
     assert rows.shape == (4, 6) and np.isfinite(rows[:, 2]).all()  # Amber energies of forecast frames
     assert "forecast 20 steps of 0.01 ps" in capsys.readouterr().out
+    assert (
+        load_checkpoint(roll_dir / "checkpoint.pt")["settings"]["thermostat"] == "StochasticVelocityRescaling"
+    )
+    # the per-atom thermostat reaches the integrator (one step: a 2-second model is not stable)
+    args = ["forecast", "rollout", "--model", str(model_dir / "model.pt"), "--steps", "1"]
+    args += ["--thermostat", "langevin", "--output", str(tmp_path / "langevin"), "--quiet"]
+    assert main(args) == 0
+    settings = load_checkpoint(tmp_path / "langevin" / "checkpoint.pt")["settings"]
+    assert settings["thermostat"] == "LocalLangevinThermostat"
     assert main(["forecast", "rollout", "--model", str(tmp_path / "missing.pt")]) == 2

@@ -6,7 +6,8 @@ networks", 2025).
 * :class:`TrajCast` — the forecaster (``forecast`` → Δx, v'), :func:`save_forecaster`,
   :func:`load_forecaster`.
 * :mod:`~molsamp.flows.trajcast.physics` — conservation layer, wrapping,
-  :class:`StochasticVelocityRescaling` (Bussi–Donadio–Parrinello).
+  :class:`StochasticVelocityRescaling` (Bussi–Donadio–Parrinello) and the per-atom
+  :class:`LocalLangevinThermostat`.
 * :func:`train_forecaster` on :class:`TrajectoryData` (MD pairs at lag k·δt, multi-step loss).
 * :func:`rollout` — the driver, with molsamp reporters, checkpoints and guard.
 """
@@ -14,6 +15,7 @@ networks", 2025).
 from molsamp.flows.trajcast.driver import ForecastIntegrator, FrameRecorder, UnknownEnergy, rollout
 from molsamp.flows.trajcast.model import TrajCast, load_forecaster, save_forecaster
 from molsamp.flows.trajcast.physics import (
+    LocalLangevinThermostat,
     StochasticVelocityRescaling,
     angular_momentum,
     center_of_mass,
@@ -41,6 +43,7 @@ __all__ = [
     "ForecastTrainingConfig",
     "ForecastTrainingResult",
     "FrameRecorder",
+    "LocalLangevinThermostat",
     "StochasticVelocityRescaling",
     "TrajCast",
     "TrajectoryData",

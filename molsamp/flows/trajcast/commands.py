@@ -55,7 +55,14 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     roll.add_argument(
         "--temperature", type=float, help="thermostat temperature, K (default: the training one)"
     )
-    roll.add_argument("--thermostat-ps", type=float, default=1.0, help="Bussi thermostat time constant, ps")
+    roll.add_argument("--thermostat-ps", type=float, default=1.0, help="thermostat time constant, ps")
+    roll.add_argument(
+        "--thermostat",
+        choices=("bussi", "langevin"),
+        default="bussi",
+        help="bussi: one velocity scale for all atoms; langevin: per atom (holds every atom at the "
+        "temperature when the forecast heats some atoms and cools others, e.g. X–H bonds)",
+    )
     roll.add_argument("--no-thermostat", action="store_true")
     roll.add_argument(
         "--no-velocity-noise", action="store_true", help="leave out the model's fitted velocity noise"
@@ -184,6 +191,7 @@ def _run_rollout(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     final = rollout(
         model, system, state, args.steps, temperature=temperature, thermostat_time=args.thermostat_ps,
+        thermostat=args.thermostat,
         velocity_noise=not args.no_velocity_noise,
         generator=args.seed, potential=potential, reporters=reporters, checkpoint=out / "checkpoint.pt",
         checkpoint_interval=args.checkpoint_interval, resume=args.resume, progress=not args.quiet,

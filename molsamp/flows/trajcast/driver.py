@@ -17,7 +17,7 @@ import torch
 
 from molsamp.flows.trajcast.model import TrajCast
 from molsamp.flows.trajcast.physics import (
-    StochasticVelocityRescaling,
+    THERMOSTATS,
     conserved_degrees_of_freedom,
     split_motion,
     wrap_positions,
@@ -48,8 +48,11 @@ class ForecastIntegrator(Integrator):
     ----------
     model : trained :class:`TrajCast`
     system : the System (atomic numbers, masses, cell, pbc)
-    temperature : K for the Bussi–Donadio–Parrinello thermostat, or None (no thermostat)
+    temperature : K of the thermostat, or None (no thermostat)
     thermostat_time : τ of the thermostat, ps
+    thermostat : "bussi" (Bussi–Donadio–Parrinello velocity rescaling, one factor for all
+        atoms) or "langevin" (per-atom, :class:`LocalLangevinThermostat`; holds every atom at
+        the temperature when the forecaster heats some atoms and cools others)
     velocity_noise : add ``model.velocity_noise`` (per element, nm/ps) Gaussian noise to the
         forecast velocities, which restores the mean square an MSE-trained forecast lacks
     generator : seeded ``torch.Generator`` or int seed (the thermostat's and the noise's)
@@ -64,11 +67,14 @@ class ForecastIntegrator(Integrator):
         *,
         temperature: float | None = None,
         thermostat_time: float = 0.5,
+        thermostat: str = "bussi",
         velocity_noise: bool = True,
         generator: torch.Generator | int = 0,
         potential: Potential | None = None,
         angular: bool | None = None,
     ):
+        if thermostat not in THERMOSTATS:
+            raise ValueError(f"thermostat must be one of {sorted(THERMOSTATS)}, got {thermostat!r}")
         super().__init__(UnknownEnergy() if potential is None else potential, system.masses, model.interval)
         self.model = model
         self.system = system
@@ -83,9 +89,7 @@ class ForecastIntegrator(Integrator):
         self.thermostat = (
             None
             if temperature is None
-            else StochasticVelocityRescaling(
-                temperature, thermostat_time, self.generator, angular=self.angular
-            )
+            else THERMOSTATS[thermostat](temperature, thermostat_time, self.generator, angular=self.angular)
         )
 
     @property
@@ -103,7 +107,9 @@ class ForecastIntegrator(Integrator):
         }  # fmt: skip
         if self.thermostat is not None:
             settings.update(
-                temperature=self.thermostat.temperature, thermostat_time=self.thermostat.time_constant
+                temperature=self.thermostat.temperature,
+                thermostat_time=self.thermostat.time_constant,
+                thermostat=type(self.thermostat).__name__,
             )
         return settings
 
@@ -154,6 +160,7 @@ def rollout(
     *,
     temperature: float | None = None,
     thermostat_time: float = 0.5,
+    thermostat: str = "bussi",
     velocity_noise: bool = True,
     generator: torch.Generator | int = 0,
     potential: Potential | None = None,
@@ -172,7 +179,8 @@ def rollout(
     model, system : the trained forecaster and the System it runs on
     state : starting State (positions nm, velocities nm/ps); its momenta are conserved, so give
         zero total momentum (and zero angular momentum for isolated molecules) for a system at rest
-    temperature, thermostat_time : Bussi thermostat at ``temperature`` K with τ ps (None: none)
+    temperature, thermostat_time : thermostat at ``temperature`` K with τ ps (None: none)
+    thermostat : "bussi" or "langevin" (per atom), as in :class:`ForecastIntegrator`
     velocity_noise : add the model's fitted velocity noise (:class:`ForecastIntegrator`)
     generator : seeded generator or int seed of the thermostat and the noise
     potential : reference potential for the energy columns of reports (None: NaN energies)
@@ -184,7 +192,7 @@ def rollout(
     The final State (``step`` counts forecast steps, ``time`` in ps).
     """
     integrator = ForecastIntegrator(
-        model, system, temperature=temperature, thermostat_time=thermostat_time,
+        model, system, temperature=temperature, thermostat_time=thermostat_time, thermostat=thermostat,
         velocity_noise=velocity_noise, generator=generator, potential=potential,
     )  # fmt: skip
     with torch.no_grad():

@@ -141,21 +141,14 @@ def conserved_degrees_of_freedom(angular: bool) -> int:
     return 6 if angular else 3
 
 
-class StochasticVelocityRescaling:
-    """Canonical sampling through velocity rescaling (Bussi, Donadio & Parrinello, J. Chem.
-    Phys. 126, 014101, 2007), on the degrees of freedom the conservation layer leaves free.
-
-    The velocities are split into the centre-of-mass motion, (with ``angular``) the rigid
-    rotation about the COM, and the internal rest; only the rest is rescaled, so total linear
-    and angular momentum stay exactly as they were, and its kinetic energy K follows the exact
-    solution of dK = (K̄ − K) dt/τ + 2 √(K K̄ / N_f) dW / √τ with N_f = 3N − 3 (− 3 with
-    ``angular``) and K̄ = N_f k_B T / 2. Its stationary law is the canonical one, a gamma
-    distribution with shape N_f / 2 and scale k_B T.
+class _MomentumConservingThermostat:
+    """Shared set-up of the thermostats below: they act on the internal velocities only (the
+    COM motion and, with ``angular``, the rigid rotation are kept exactly).
 
     Parameters
     ----------
     temperature : K
-    time_constant : τ, ps (relaxation time of K; large τ perturbs dynamics least)
+    time_constant : τ, ps (relaxation time; large τ perturbs dynamics least)
     generator : seeded ``torch.Generator`` (on the velocities' device) or an int seed
     angular : keep the angular momentum too (isolated molecules)
     """
@@ -176,19 +169,36 @@ class StochasticVelocityRescaling:
     def degrees_of_freedom(self, n_atoms: int) -> int:
         return 3 * n_atoms - conserved_degrees_of_freedom(self.angular)
 
+    def _free_degrees_of_freedom(self, n_atoms: int) -> int:
+        n_dof = self.degrees_of_freedom(n_atoms)
+        if n_dof < 1:
+            raise ValueError(f"{n_atoms} atoms leave no free degrees of freedom to thermostat")
+        return n_dof
+
     def split(
         self, positions: torch.Tensor, velocities: torch.Tensor, masses: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(kept, internal) parts of (B, N, 3) velocities (:func:`split_motion`)."""
         return split_motion(positions, velocities, masses, self.angular)
 
+
+class StochasticVelocityRescaling(_MomentumConservingThermostat):
+    """Canonical sampling through velocity rescaling (Bussi, Donadio & Parrinello, J. Chem.
+    Phys. 126, 014101, 2007), on the degrees of freedom the conservation layer leaves free.
+
+    The velocities are split into the centre-of-mass motion, (with ``angular``) the rigid
+    rotation about the COM, and the internal rest; only the rest is rescaled, so total linear
+    and angular momentum stay exactly as they were, and its kinetic energy K follows the exact
+    solution of dK = (K̄ − K) dt/τ + 2 √(K K̄ / N_f) dW / √τ with N_f = 3N − 3 (− 3 with
+    ``angular``) and K̄ = N_f k_B T / 2. Its stationary law is the canonical one, a gamma
+    distribution with shape N_f / 2 and scale k_B T.
+    """
+
     def apply(
         self, positions: torch.Tensor, velocities: torch.Tensor, masses: torch.Tensor, interval: float
     ) -> torch.Tensor:
         """Velocities (B, N, 3) nm/ps after a thermostat step of ``interval`` ps."""
-        n_dof = self.degrees_of_freedom(velocities.shape[-2])
-        if n_dof < 1:
-            raise ValueError(f"{velocities.shape[-2]} atoms leave no free degrees of freedom to thermostat")
+        n_dof = self._free_degrees_of_freedom(velocities.shape[-2])
         kept, internal = self.split(positions, velocities, masses)
         m, _ = _weights(masses, velocities)
         kinetic = 0.5 * (m * internal.square()).sum((-2, -1))  # (B,)
@@ -208,3 +218,32 @@ class StochasticVelocityRescaling:
         )
         alpha = torch.sqrt(new_kinetic / kinetic.clamp_min(torch.finfo(kinetic.dtype).tiny))
         return kept + alpha[:, None, None] * internal
+
+
+class LocalLangevinThermostat(_MomentumConservingThermostat):
+    """Per-atom Langevin (Ornstein–Uhlenbeck) thermostat on the internal velocities:
+    v ← c·v + √(1 − c²)·P ξ, c = e^{−Δt/τ}, ξᵢ ~ N(0, k_B T/mᵢ), P the mass-weighted projection
+    off the conserved momenta (:func:`split_motion`). Its stationary law is the canonical
+    (Maxwell–Boltzmann) one on the free degrees of freedom.
+
+    Unlike :class:`StochasticVelocityRescaling`, which rescales all atoms by one factor, it
+    pulls every atom to the target temperature on its own: a forecaster that heats some atoms
+    (stiff X–H bonds) and cools others cannot keep that imbalance.
+    """
+
+    def apply(
+        self, positions: torch.Tensor, velocities: torch.Tensor, masses: torch.Tensor, interval: float
+    ) -> torch.Tensor:
+        """Velocities (B, N, 3) nm/ps after a thermostat step of ``interval`` ps."""
+        self._free_degrees_of_freedom(velocities.shape[-2])
+        kept, internal = self.split(positions, velocities, masses)
+        m, _ = _weights(masses, velocities)
+        c = math.exp(-interval / self.time_constant)
+        xi = torch.randn(
+            velocities.shape, generator=self.generator, device=velocities.device, dtype=velocities.dtype
+        ) * torch.sqrt(BOLTZMANN_KJ_PER_MOL_K * self.temperature / m)
+        _, kick = self.split(positions, xi, masses)
+        return kept + c * internal + math.sqrt(1.0 - c * c) * kick
+
+
+THERMOSTATS = {"bussi": StochasticVelocityRescaling, "langevin": LocalLangevinThermostat}
