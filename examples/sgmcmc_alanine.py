@@ -5,14 +5,19 @@
 2. Preconditioned SGLD with a cyclical step size (Zhang et al. 2020), one chain per process,
    starts from the MAP weights and keeps the end of every cycle as a posterior sample.
 3. A deep ensemble (independently initialised models, same data) is the baseline.
-4. On held-out 300 K frames: coverage of the 68 % / 95 % force intervals (raw, and with a
-   scale fitted on validation frames); on 700 K frames (out of distribution) σ must grow.
-5. The Amber φ free-energy profile, reweighted to every member (wₖ ∝ e^{−β(Uₖ − U_Amber)}) on
+4. On held-out 300 K frames: coverage of the 68 % / 95 % intervals of forces and of relative
+   energies (raw, and with a scale fitted on calibration frames from an MD run of their own);
+   on 700 K frames (out of distribution) σ must grow.
+5. The Amber φ and ψ free-energy profiles, reweighted to every member (wₖ ∝ e^{−β(Uₖ − U_Amber)}) on
    block-bootstrap resamples of the frames, gives a credible band (model spread plus the
-   reweighting's sampling error) that should contain the Amber reference.
+   reweighting's sampling error) that should contain the Amber reference. The members'
+   energies are first widened by the calibration scale of relative energies: the profile
+   depends on energy differences, which a posterior tempered on forces can be too sure of.
 
 Writes ``report.json``, the posterior samples (``posterior_k.pt``) and ensemble members
-(``ensemble_k.pt``) as model files (``load_potential``), calibration and φ-profile PNGs.
+(``ensemble_k.pt``) as model files (``load_potential``), the reference MD
+(``reference_md.npz``, for ``--reference-md``), force and energy calibration and φ/ψ-profile
+PNGs. ``--posterior-from`` analyses a previous run's samples again.
 
     python examples/sgmcmc_alanine.py --output runs/sgmcmc
     torchrun --nproc-per-node 2 examples/sgmcmc_alanine.py --output runs/sgmcmc   # a chain per rank
@@ -41,11 +46,13 @@ from molsamp.potentials.training import TrainingConfig, evaluate, train
 from molsamp.systems import alanine_dipeptide
 from molsamp.uncertainty import (
     calibrate,
+    calibrate_relative_energies,
     credible_interval,
     plot_calibration,
     plot_credible_band,
     recalibration_factor,
     simultaneous_band,
+    widen_member_spread,
 )
 from molsamp.uncertainty.likelihood import batches_of, energy_force_negative_log_likelihood
 from molsamp.units import kT
@@ -110,10 +117,18 @@ def labels(structures) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def uncertainty_report(name: str, models: list[MACE], val, test, ood, output: Path) -> dict:
-    """Calibration on held-out frames (raw and validation-scaled) and the OOD σ ratio."""
+    """Calibration on held-out test frames, raw and with scales fitted on the ``val`` frames
+    (an MD run of its own: frames interleaved with the training frames would be fitted too
+    well), of forces and of relative energies, and the OOD σ ratio.
+    ``energy_recalibration_factor`` widens the members' energies for the φ and ψ profiles
+    (:func:`torsion_profile`)."""
     report = {}
-    (_, val_f), (_, test_f), (_, ood_f) = (predictions(models, s.structures) for s in (val, test, ood))
-    (_, val_ref), (_, test_ref), (_, ood_ref) = (labels(s.structures) for s in (val, test, ood))
+    (val_e, val_f), (test_e, test_f), (_, ood_f) = (
+        predictions(models, s.structures) for s in (val, test, ood)
+    )
+    (val_e_ref, val_ref), (test_e_ref, test_ref), (_, ood_ref) = (
+        labels(s.structures) for s in (val, test, ood)
+    )
 
     def mean_sigma(forces):
         return forces.mean(0), (forces - forces.mean(0)).square().sum(-1).mean(0).sqrt()
@@ -129,6 +144,15 @@ def uncertainty_report(name: str, models: list[MACE], val, test, ood, output: Pa
     plot_calibration(
         scaled, output / f"calibration_{name}.png", title=f"{name}: test frames, σ × {factor:.2f}"
     )
+    energy_factor = calibrate_relative_energies(val_e, val_e_ref).scale
+    energy_raw = calibrate_relative_energies(test_e, test_e_ref)
+    energy_scaled = calibrate_relative_energies(widen_member_spread(test_e, energy_factor), test_e_ref)
+    plot_calibration(
+        energy_scaled,
+        output / f"energy_calibration_{name}.png",
+        title=f"{name}: test relative energies, σ × {energy_factor:.2f}",
+        label="(ΔE_pred − ΔE_ref)/σ",
+    )
     report.update(
         members=len(models),
         test_force_mae=float((test_mean - test_ref).abs().mean()),
@@ -139,6 +163,11 @@ def uncertainty_report(name: str, models: list[MACE], val, test, ood, output: Pa
         coverage_68=scaled.coverage(0.68),
         coverage_95=scaled.coverage(0.95),
         miscalibration_area=scaled.miscalibration_area,
+        energy_coverage_68_raw=energy_raw.coverage(0.68),
+        energy_coverage_95_raw=energy_raw.coverage(0.95),
+        energy_recalibration_factor=energy_factor,
+        energy_coverage_68=energy_scaled.coverage(0.68),
+        energy_coverage_95=energy_scaled.coverage(0.95),
         mean_sigma_test=float(test_sigma.mean()),
         mean_sigma_700K=float(ood_sigma.mean()),
         sigma_ratio_ood_over_test=float(ood_sigma.mean() / test_sigma.mean()),
@@ -147,78 +176,111 @@ def uncertainty_report(name: str, models: list[MACE], val, test, ood, output: Pa
     return report
 
 
-def phi_profiles(
-    models: list[MACE], frames: np.ndarray, topology, amber_energies: np.ndarray, output: Path, name: str
-):
-    """Amber φ profile reweighted to every member; the credible band against Amber itself."""
+TORSION_EDGES = {
+    "phi": np.linspace(-180, 0, 19),  # φ < 0 holds all of 300 K MD's weight
+    "psi": np.linspace(-180, 180, 25),
+}
+TORSION_SYMBOLS = {"phi": "φ", "psi": "ψ"}
+
+
+def frame_energies(models: list[MACE], frames: np.ndarray, topology) -> torch.Tensor:
+    """(K, F) energies, kJ/mol, of every member on (F, N, 3) frames in nm."""
     from molsamp.potentials.datasets import Structure
 
-    phi = np.degrees(mdtraj.compute_phi(mdtraj.Trajectory(frames, topology))[1][:, 0])
     z = torch.tensor([a.element.atomic_number for a in topology.atoms])
     structures = [
         Structure(z, torch.from_numpy(x).double(), torch.tensor(0.0), torch.zeros(len(z), 3)) for x in frames
     ]
-    energies, _ = predictions(models, structures, forces=False)
-    log_w = -(energies.numpy() - amber_energies[None]) / kT(TEMPERATURE)
-    log_w -= log_w.max(1, keepdims=True)
-    weights = np.exp(log_w)
-    weights /= weights.sum(1, keepdims=True)
-    kish = 1 / (weights**2).sum(1) / weights.shape[1]
-    edges = np.linspace(-180, 0, 19)  # φ < 0 holds all of 300 K MD's weight
+    return predictions(models, structures, forces=False)[0]
+
+
+def torsion_profile(
+    torsion: str, angles: np.ndarray, member_energies: torch.Tensor, amber_energies: np.ndarray,
+    output: Path, name: str, energy_scale: float = 1.0,
+) -> dict:  # fmt: skip
+    """Amber profile of one torsion (``angles`` (F,) degrees of the Amber frames) reweighted to
+    every member; the credible band against Amber itself.
+
+    The band is computed twice: from the members as sampled ("raw"), and from the members'
+    energies widened by ``energy_scale``, the relative-energy recalibration factor fitted on
+    calibration frames (the headline, plotted): the profile depends on energy differences
+    only, so their calibration, not the forces', sets its width."""
+    edges = TORSION_EDGES[torsion]
     centers = 0.5 * (edges[1:] + edges[:-1])
 
     def profile(w):
-        """−kT ln P(φ bin), P normalised over the bins: each bin's own probability, so no bin
+        """−kT ln P(bin), P normalised over the bins: each bin's own probability, so no bin
         is pinned (a profile shifted to its minimum has zero width at that minimum)."""
-        p, _ = np.histogram(phi, bins=edges, weights=w)
+        p, _ = np.histogram(angles, bins=edges, weights=w)
         with np.errstate(divide="ignore"):
             f = -kT(TEMPERATURE) * np.log(p / p.sum())
         f[~np.isfinite(f)] = np.nan  # empty bins
         return f
 
-    reference = profile(np.full(len(phi), 1.0 / len(phi)))
+    reference = profile(np.full(len(angles), 1.0 / len(angles)))
     # each member's profile on block-bootstrap resamples of the frames: the band holds the
     # model (posterior) spread and the finite-sample error of reweighting a 2 ns trajectory
-    resamples = bootstrap_indices(len(phi), 25, torch.Generator().manual_seed(0), block_size=100)
-    resampled = np.array(
-        [profile(np.bincount(r, weights=w[r], minlength=len(phi))) for w in weights for r in resamples]
-    )
-    members = np.array([profile(w) for w in weights])
-    interval = credible_interval(resampled, level=0.95)
-    model_only = credible_interval(members, level=0.95)
-    populated = (reference - np.nanmin(reference) < 15.0) & np.all(np.isfinite(interval.values), 0)
-    # a 95 % pointwise band misses some of 13 bins about half the time even when calibrated;
-    # the simultaneous band holds a whole posterior profile with 95 % probability
-    band = simultaneous_band(resampled[:, populated], level=0.95)
+    # (blocks of 50 ps, fewer frames for short runs)
+    block = min(100, max(1, len(angles) // 10))
+    resamples = bootstrap_indices(len(angles), 25, torch.Generator().manual_seed(0), block_size=block)
+
+    def bands(energies: torch.Tensor) -> dict:
+        log_w = -(energies.numpy() - amber_energies[None]) / kT(TEMPERATURE)
+        log_w -= log_w.max(1, keepdims=True)
+        weights = np.exp(log_w)
+        weights /= weights.sum(1, keepdims=True)
+        resampled = np.array(
+            [profile(np.bincount(r, weights=w[r], minlength=len(angles))) for w in weights for r in resamples]
+        )
+        members = np.array([profile(w) for w in weights])
+        interval = credible_interval(resampled, level=0.95)
+        populated = (reference - np.nanmin(reference) < 15.0) & np.all(np.isfinite(interval.values), 0)
+        # a 95 % pointwise band misses some of 13 bins about half the time even when
+        # calibrated; the simultaneous band holds a whole posterior profile with 95 % probability
+        band = simultaneous_band(resampled[:, populated], level=0.95)
+        # the older gauge, every profile shifted to its own minimum, for comparison
+        pinned = credible_interval(resampled - np.nanmin(resampled, 1, keepdims=True), level=0.95)
+        return {
+            "populated": populated, "band": band, "members": members, "resampled": resampled,
+            "kish": 1 / (weights**2).sum(1) / weights.shape[1],
+            "bins": int(populated.sum()),
+            "bins_inside_simultaneous_band": int(band.contains(reference[populated]).sum()),
+            "bins_inside_model_only_band": int(
+                credible_interval(members, level=0.95).contains(reference)[populated].sum()
+            ),
+            "bins_inside_band": int(interval.contains(reference)[populated].sum()),
+            "bins_inside_band_pinned_at_minimum": int(
+                pinned.contains(reference - np.nanmin(reference))[populated].sum()
+            ),
+            "band_width_mean_kj_per_mol": float((interval.upper - interval.lower)[populated].mean()),
+        }  # fmt: skip
+
+    raw = bands(member_energies)
+    scaled = bands(widen_member_spread(member_energies, energy_scale))
+    populated = scaled["populated"]
     shift = np.nanmin(reference)  # plotted relative to Amber's minimum (one constant for all)
+    symbol = TORSION_SYMBOLS[torsion]
     plot_credible_band(
         centers[populated],
-        _subset(band, slice(None), shift),
-        output / f"phi_profile_{name}.png",
+        _subset(scaled["band"], slice(None), shift),
+        output / f"{torsion}_profile_{name}.png",
         reference=reference[populated] - shift,
-        xlabel="φ (degrees)",
-        ylabel="free energy −kT ln P(φ bin) (kJ/mol)",
-        title=f"{name}: φ profile, 95 % simultaneous credible band vs Amber",
+        xlabel=f"{symbol} (degrees)",
+        ylabel=f"free energy −kT ln P({symbol} bin) (kJ/mol)",
+        title=f"{name}: {symbol} profile, 95 % simultaneous band (energy σ × {energy_scale:.2f}) vs Amber",
     )
     np.savez(
-        output / f"phi_profiles_{name}.npz",
-        centers=centers, reference=reference, members=members, resampled=resampled, kish=kish,
+        output / f"{torsion}_profiles_{name}.npz",
+        centers=centers, reference=reference, members=scaled["members"], resampled=scaled["resampled"],
+        members_raw=raw["members"], resampled_raw=raw["resampled"], kish=scaled["kish"],
     )  # fmt: skip
-    # the older gauge, every profile shifted to its own minimum, for comparison
-    pinned = credible_interval(resampled - np.nanmin(resampled, 1, keepdims=True), level=0.95)
-    inside = interval.contains(reference)[populated]
-    inside_band = band.contains(reference[populated])
+    counts = [key for key in raw if key.startswith(("bins", "band_width"))]
     return {
-        "phi_bins_inside_simultaneous_band": int(inside_band.sum()),
-        "phi_profile_inside_simultaneous_band": bool(inside_band.all()),
-        "phi_bins_inside_model_only_band": int(model_only.contains(reference)[populated].sum()),
-        "kish_ess_fraction_per_member": kish.round(3).tolist(),
-        "phi_bins": int(populated.sum()),
-        "phi_bins_inside_band": int(inside.sum()),
-        "phi_bins_inside_band_pinned_at_minimum": int(
-            pinned.contains(reference - np.nanmin(reference))[populated].sum()
-        ),
-        "band_width_mean_kj_per_mol": float((interval.upper - interval.lower)[populated].mean()),
+        "energy_scale": energy_scale,
+        **{key: scaled[key] for key in counts},
+        "inside_simultaneous_band": bool(scaled["band"].contains(reference[populated]).all()),
+        "kish_ess_fraction_per_member": scaled["kish"].round(3).tolist(),
+        "raw": {key: raw[key] for key in counts},
     }
 
 
@@ -231,6 +293,14 @@ def _subset(interval, mask, shift: float = 0.0):
         interval.upper[mask] - shift,
         interval.median[mask] - shift,
     )
+
+
+def posterior_files(folder: Path) -> list[Path]:
+    """``posterior_k.pt`` files a previous run saved in ``folder``, in order of k."""
+    files = sorted(folder.glob("posterior_*.pt"), key=lambda path: int(path.stem.split("_")[1]))
+    if len(files) < 2:
+        raise SystemExit(f"--posterior-from: need ≥ 2 posterior_k.pt files in {folder}, found {len(files)}")
+    return files
 
 
 def reference_md(n_frames: int, seed: int, temperature: float = TEMPERATURE):
@@ -254,7 +324,8 @@ def reference_md(n_frames: int, seed: int, temperature: float = TEMPERATURE):
     return frames, energies, system.topology
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict | None:
+    """Run the study; returns the report on rank 0 (None on other ranks)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--frames", type=int, default=3000, help="training + validation frames (as train_alanine_mace.py)"
@@ -273,10 +344,11 @@ def main() -> None:
     parser.add_argument(
         "--posterior-temperature",
         type=float,
-        default=1.0,
+        default=1560.0,
         help="T of the tempered posterior; the likelihood counts every force component of every "
-        "frame as independent data, so T > 1 is usually needed: repeat with T·f², f the run's "
-        "recalibration factor, until f ≈ 1 (with the README's MAP: 25 → 350 → 1000 → 1560, f 1.1)",
+        "frame as independent data, so T ≫ 1 is needed: repeat with T·f², f the run's force "
+        "recalibration factor, until f ≈ 1 (the default came out of 25 → 350 → 1000 → 1560 with "
+        "the README's 10-minute MAP, f 1.1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="offsets the chains' seeds (replicates)")
     parser.add_argument(
@@ -289,9 +361,21 @@ def main() -> None:
     parser.add_argument("--ensemble-members", type=int, default=4, help="0 skips the deep ensemble")
     parser.add_argument("--ensemble-minutes", type=float, default=2.0)
     parser.add_argument("--reference-frames", type=int, default=4000)
+    parser.add_argument(
+        "--posterior-from",
+        type=Path,
+        help="analyse the posterior samples (posterior_k.pt) a previous run saved in this folder "
+        "instead of sampling again (same MAP and data settings)",
+    )
+    parser.add_argument(
+        "--reference-md",
+        type=Path,
+        help="reuse the Amber reference MD a previous run saved (its reference_md.npz) instead of "
+        "running it again (replicates with other --seed values)",
+    )
     parser.add_argument("--output", type=Path, default=Path("sgmcmc-alanine"))
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rank, world = init_from_environment()
     args.output.mkdir(parents=True, exist_ok=True)
@@ -301,6 +385,8 @@ def main() -> None:
     data = alanine_dipeptide_md_dataset(args.frames, interval_steps=50, seed=1)
     train_set, val_set = data.split(0.05, seed=0)  # the split train_alanine_mace.py trains on
     test = alanine_dipeptide_md_dataset(args.test_frames, interval_steps=200, seed=2)
+    # the recalibration scales are fitted on their own MD run, independent of training and test
+    calibration = alanine_dipeptide_md_dataset(args.test_frames, interval_steps=200, seed=5)
     ood = alanine_dipeptide_md_dataset(args.test_frames // 2, interval_steps=200, seed=3, temperature=700.0)
     report["data_seconds"] = time.perf_counter() - start
 
@@ -353,18 +439,24 @@ def main() -> None:
         )
 
     start = time.perf_counter()
-    chains = [rank] if world > 1 else range(args.chains)
-    samples = gather_on_root([s for c in chains for s in chain(c)])
+    if args.posterior_from is not None:
+        samples = [load_potential(path).state_dict() for path in posterior_files(args.posterior_from)]
+    else:
+        chains = [rank] if world > 1 else range(args.chains)
+        samples = gather_on_root([s for c in chains for s in chain(c)])
     sgmcmc_seconds = time.perf_counter() - start
     if rank != 0:
-        return
+        return None
     report["seed"] = args.seed
-    report["sgmcmc"] = {
-        "chain_starts": [str(p) for p in args.chain_starts or []] or "MAP",
-        "chains": max(world, args.chains) if world == 1 else world,
-        "samples": len(samples),
-        "seconds_per_rank": sgmcmc_seconds,
-    }
+    if args.posterior_from is not None:
+        report["sgmcmc"] = {"samples_from": str(args.posterior_from), "samples": len(samples)}
+    else:
+        report["sgmcmc"] = {
+            "chain_starts": [str(p) for p in args.chain_starts or []] or "MAP",
+            "chains": max(world, args.chains) if world == 1 else world,
+            "samples": len(samples),
+            "seconds_per_rank": sgmcmc_seconds,
+        }
     posterior = []
     for index, state in enumerate(samples):
         member = copy.deepcopy(map_model)
@@ -376,10 +468,9 @@ def main() -> None:
     # reach the posterior samples' median validation force MAE
     val_batches = batches_of(val_set.structures, 32, map_model, DTYPE)
     target = float(np.median([evaluate(m, val_batches)["forces_mae"] for m in posterior]))
-    report["sgmcmc"].update(
-        validation_force_mae_median=target,
-        seconds_per_sample=sgmcmc_seconds * world / len(samples),
-    )
+    report["sgmcmc"].update(validation_force_mae_median=target)
+    if args.posterior_from is None:
+        report["sgmcmc"]["seconds_per_sample"] = sgmcmc_seconds * world / len(samples)
     start = time.perf_counter()
     ensemble, reached = [], []
     for member in range(args.ensemble_members):
@@ -394,27 +485,50 @@ def main() -> None:
         "seconds": time.perf_counter() - start,
         "seconds_to_posterior_validation_mae": reached,
     }
-    print(
-        f"cost: {report['sgmcmc']['seconds_per_sample']:.0f} s per posterior sample (after the MAP); "
-        f"ensemble members reached its validation force MAE {target:.1f} after {reached} s"
-    )
+    if "seconds_per_sample" in report["sgmcmc"]:
+        print(
+            f"cost: {report['sgmcmc']['seconds_per_sample']:.0f} s per posterior sample (after the MAP); "
+            f"ensemble members reached its validation force MAE {target:.1f} after {reached} s"
+        )
 
-    frames, amber_energies, topology = reference_md(args.reference_frames, seed=4)
+    if args.reference_md is not None:
+        stored = np.load(args.reference_md)  # plain arrays, no pickles
+        frames, amber_energies = stored["frames"], stored["energies"]
+        topology = alanine_dipeptide()[0].topology
+    else:
+        frames, amber_energies, topology = reference_md(args.reference_frames, seed=4)
+        np.savez(args.output / "reference_md.npz", frames=frames, energies=amber_energies)
+    trajectory = mdtraj.Trajectory(frames, topology)
+    torsions = {
+        "phi": np.degrees(mdtraj.compute_phi(trajectory)[1][:, 0]),
+        "psi": np.degrees(mdtraj.compute_psi(trajectory)[1][:, 0]),
+    }
     compared = {"sgmcmc": posterior, "deep_ensemble": ensemble} if ensemble else {"sgmcmc": posterior}
     for name, models in compared.items():
-        report[name].update(uncertainty_report(name, models, val_set, test, ood, args.output))
-        report[name].update(phi_profiles(models, frames, topology, amber_energies, args.output, name))
+        report[name].update(uncertainty_report(name, models, calibration, test, ood, args.output))
+        energies = frame_energies(models, frames, topology)
+        for torsion, angles in torsions.items():
+            report[name][torsion] = torsion_profile(
+                torsion, angles, energies, amber_energies, args.output, name,
+                report[name]["energy_recalibration_factor"],
+            )  # fmt: skip
         r = report[name]
+        inside = ", ".join(
+            f"{TORSION_SYMBOLS[t]} {r[t]['bins_inside_simultaneous_band']}/{r[t]['bins']} "
+            f"(pointwise {r[t]['bins_inside_band']}; raw σ {r[t]['raw']['bins_inside_simultaneous_band']})"
+            for t in torsions
+        )
         print(
             f"{name}: test force MAE {r['test_force_mae']:.2f}; coverage 68/95 % raw "
             f"{r['coverage_68_raw']:.2f}/{r['coverage_95_raw']:.2f}, scaled ×{r['recalibration_factor']:.2f} "
             f"{r['coverage_68']:.2f}/{r['coverage_95']:.2f}; σ(700 K)/σ(300 K) {r['sigma_ratio_ood_over_test']:.2f}; "
-            f"φ bins inside the 95 % band: pointwise {r['phi_bins_inside_band']}/{r['phi_bins']} "
-            f"({r['phi_bins_inside_band_pinned_at_minimum']} with profiles pinned at their minima), "
-            f"simultaneous {r['phi_bins_inside_simultaneous_band']}/{r['phi_bins']}"
+            f"relative energies 68/95 % raw {r['energy_coverage_68_raw']:.2f}/{r['energy_coverage_95_raw']:.2f}, "
+            f"scaled ×{r['energy_recalibration_factor']:.2f} {r['energy_coverage_68']:.2f}/{r['energy_coverage_95']:.2f}; "
+            f"bins inside the 95 % simultaneous band (energy σ scaled): {inside}"
         )
     (args.output / "report.json").write_text(json.dumps(report, indent=2))
     print(f"report: {args.output / 'report.json'}")
+    return report
 
 
 if __name__ == "__main__":

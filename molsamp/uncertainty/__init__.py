@@ -1,6 +1,12 @@
-"""How far to trust a simulation: calibration of force uncertainty, credible intervals."""
+"""How far to trust a simulation: calibration of force and energy uncertainty, credible intervals."""
 
-from molsamp.uncertainty.calibration import Calibration, calibrate, plot_calibration, recalibration_factor
+from molsamp.uncertainty.calibration import (
+    Calibration,
+    calibrate,
+    calibrate_relative_energies,
+    plot_calibration,
+    recalibration_factor,
+)
 from molsamp.uncertainty.propagation import (
     CredibleInterval,
     credible_interval,
@@ -9,11 +15,13 @@ from molsamp.uncertainty.propagation import (
     plot_credible_band,
     reweighted_observable,
     simultaneous_band,
+    widen_member_spread,
 )
 
 __all__ = [
     "Calibration",
     "calibrate",
+    "calibrate_relative_energies",
     "plot_calibration",
     "recalibration_factor",
     "CredibleInterval",
@@ -23,4 +31,5 @@ __all__ = [
     "reweighted_observable",
     "plot_credible_band",
     "simultaneous_band",
+    "widen_member_spread",
 ]

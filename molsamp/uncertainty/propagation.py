@@ -60,6 +60,19 @@ def simultaneous_band(values: Sequence, level: float = 0.95) -> CredibleInterval
     return CredibleInterval(values, level, kept.min(0), kept.max(0), pointwise.median)
 
 
+def widen_member_spread(member_values: torch.Tensor, factor: float) -> torch.Tensor:
+    """Members' values (K, …) moved away from their mean by ``factor``: Ū + s·(Uₖ − Ū).
+
+    Applies a recalibration scale s (fitted on validation data, e.g.
+    ``calibrate_relative_energies(...).scale``) to the members themselves, so anything computed
+    from them (reweighted profiles, credible bands) carries the calibrated spread. The mean
+    is unchanged and every member's deviation from it is s times larger."""
+    if not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    mean = member_values.mean(0, keepdim=True)
+    return mean + factor * (member_values - mean)
+
+
 def observable_per_member(
     members: Sequence[Potential],
     simulate_observable: Callable[[Potential], np.ndarray],
