@@ -237,14 +237,15 @@ def torsion_profile(
         populated = (reference - np.nanmin(reference) < 15.0) & np.all(np.isfinite(interval.values), 0)
         # a 95 % pointwise band misses some of 13 bins about half the time even when
         # calibrated; the simultaneous band holds a whole posterior profile with 95 % probability
-        band = simultaneous_band(resampled[:, populated], level=0.95)
+        # none populated: every bin lost all weight in some resample (a tiny or far-off run)
+        band = simultaneous_band(resampled[:, populated], level=0.95) if populated.any() else None
         # the older gauge, every profile shifted to its own minimum, for comparison
         pinned = credible_interval(resampled - np.nanmin(resampled, 1, keepdims=True), level=0.95)
         return {
             "populated": populated, "band": band, "members": members, "resampled": resampled,
             "kish": 1 / (weights**2).sum(1) / weights.shape[1],
             "bins": int(populated.sum()),
-            "bins_inside_simultaneous_band": int(band.contains(reference[populated]).sum()),
+            "bins_inside_simultaneous_band": 0 if band is None else int(band.contains(reference[populated]).sum()),
             "bins_inside_model_only_band": int(
                 credible_interval(members, level=0.95).contains(reference)[populated].sum()
             ),
@@ -260,15 +261,16 @@ def torsion_profile(
     populated = scaled["populated"]
     shift = np.nanmin(reference)  # plotted relative to Amber's minimum (one constant for all)
     symbol = TORSION_SYMBOLS[torsion]
-    plot_credible_band(
-        centers[populated],
-        _subset(scaled["band"], slice(None), shift),
-        output / f"{torsion}_profile_{name}.png",
-        reference=reference[populated] - shift,
-        xlabel=f"{symbol} (degrees)",
-        ylabel=f"free energy −kT ln P({symbol} bin) (kJ/mol)",
-        title=f"{name}: {symbol} profile, 95 % simultaneous band (energy σ × {energy_scale:.2f}) vs Amber",
-    )
+    if scaled["band"] is not None:
+        plot_credible_band(
+            centers[populated],
+            _subset(scaled["band"], slice(None), shift),
+            output / f"{torsion}_profile_{name}.png",
+            reference=reference[populated] - shift,
+            xlabel=f"{symbol} (degrees)",
+            ylabel=f"free energy −kT ln P({symbol} bin) (kJ/mol)",
+            title=f"{name}: {symbol} profile, 95 % simultaneous band (energy σ × {energy_scale:.2f}) vs Amber",
+        )
     np.savez(
         output / f"{torsion}_profiles_{name}.npz",
         centers=centers, reference=reference, members=scaled["members"], resampled=scaled["resampled"],
@@ -278,7 +280,8 @@ def torsion_profile(
     return {
         "energy_scale": energy_scale,
         **{key: scaled[key] for key in counts},
-        "inside_simultaneous_band": bool(scaled["band"].contains(reference[populated]).all()),
+        "inside_simultaneous_band": scaled["band"] is not None
+        and bool(scaled["band"].contains(reference[populated]).all()),
         "kish_ess_fraction_per_member": scaled["kish"].round(3).tolist(),
         "raw": {key: raw[key] for key in counts},
     }

@@ -266,6 +266,11 @@ def test_langevin_thermostat_restores_equipartition_that_bussi_keeps_broken():
     )
 
 
+def test_forecast_integrator_names_the_thermostats_it_knows():
+    with pytest.raises(ValueError, match=r"thermostat must be one of \['bussi', 'langevin'\], got 'nose'"):
+        ForecastIntegrator(_model(), System(Z, MASSES), temperature=300.0, thermostat="nose")
+
+
 def test_rollout_wraps_into_the_cell_writes_reports_and_resumes_exactly(tmp_path):
     import mdtraj
 
