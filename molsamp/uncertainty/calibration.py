@@ -84,7 +84,8 @@ def calibrate_relative_energies(
             f"{tuple(reference.shape)}"
         )
     relative = member_energies - member_energies.mean(1, keepdim=True)
-    target = reference.to(relative) - reference.to(relative).mean()
+    target = reference.to(relative)
+    target = target - target.mean()
     sigma = relative.std(0).clamp_min(1e-12)
     return _calibration(((relative.mean(0) - target) / sigma).detach().cpu().numpy(), n_levels)
 
