@@ -347,11 +347,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument(
         "--posterior-temperature",
         type=float,
-        default=1560.0,
+        default=2400.0,
         help="T of the tempered posterior; the likelihood counts every force component of every "
         "frame as independent data, so T ≫ 1 is needed: repeat with T·f², f the run's force "
-        "recalibration factor, until f ≈ 1 (the default came out of 25 → 350 → 1000 → 1560 with "
-        "the README's 10-minute MAP, f 1.1)",
+        "recalibration factor, until f ≈ 1 (the default came out of 25 → 350 → 1000 → 1560 → "
+        "2400 with the README's 10-minute MAP, f 1.09)",
     )
     parser.add_argument("--seed", type=int, default=0, help="offsets the chains' seeds (replicates)")
     parser.add_argument(

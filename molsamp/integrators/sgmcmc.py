@@ -10,6 +10,7 @@ Thaler et al., JCTC 2023.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ class SGMCMC:
         if burn_in < 0 or thin < 1 or n_steps < 1:
             raise ValueError(f"need n_steps >= 1, burn_in >= 0, thin >= 1; got {n_steps}, {burn_in}, {thin}")
         stream = _cycle(batches)
+        self._before_first_step(stream)
         samples = []
         for step in tqdm(range(n_steps), disable=not progress, desc=type(self).__name__):
             self.step(next(stream))
@@ -165,6 +167,9 @@ class SGMCMC:
 
     def _initial_state(self, parameter: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
+
+    def _before_first_step(self, stream: Iterator[Any]) -> None:
+        """Hook for samplers that adapt to the data before they move (called by ``sample``)."""
 
     def _update(self, parameter, gradient, state, step_size) -> None:
         raise NotImplementedError
@@ -186,17 +191,55 @@ class PreconditionedSGLD(SGMCMC):
     the spread (~10 % wider on a Gaussian posterior). ``adaptation_steps`` freezes V after
     that many steps (set it within the burn-in): sampling is then exact Langevin with a
     constant diagonal mass matrix.
+
+    V starts as the mean g² over ``preconditioner_batches`` mini-batches, drawn by ``sample``
+    before the first step (or :meth:`warm_up_preconditioner` called by hand); otherwise from
+    the first step's gradient alone. One mini-batch at a mode leaves some V near 0, and
+    G ≈ 1/√V then throws the first step far: from a MACE MAP of alanine dipeptide (test force
+    MAE 25 kJ/mol/nm) one step gave 1229, and the chain was still at 114 after 150 steps
+    (48 with 20 warm-up batches).
     """
 
     def __init__(
-        self, *args, alpha: float = 0.99, epsilon: float = 1e-8, adaptation_steps: int | None = None, **kwargs
+        self,
+        *args,
+        alpha: float = 0.99,
+        epsilon: float = 1e-8,
+        adaptation_steps: int | None = None,
+        preconditioner_batches: int = 20,
+        **kwargs,
     ):
         if not 0 < alpha < 1:
             raise ValueError(f"alpha must be in (0, 1), got {alpha}")
         if adaptation_steps is not None and adaptation_steps < 1:
             raise ValueError(f"adaptation_steps must be >= 1 or None, got {adaptation_steps}")
+        if preconditioner_batches < 1:
+            raise ValueError(
+                f"preconditioner_batches must be >= 1 (1: V from the first step's gradient), "
+                f"got {preconditioner_batches}"
+            )
         self.alpha, self.epsilon, self.adaptation_steps = alpha, epsilon, adaptation_steps
+        self.preconditioner_batches = preconditioner_batches
+        self._preconditioner_ready = False
         super().__init__(*args, **kwargs)
+
+    def warm_up_preconditioner(self, batches: Iterable[Any]) -> None:
+        """Set V to the mean squared per-datum gradient over ``batches``; θ does not move."""
+        totals = [torch.zeros_like(p) for p in self.parameters]
+        count = 0
+        for batch in batches:
+            for total, gradient in zip(totals, self.potential_gradients(batch), strict=True):
+                total.add_((gradient / self.dataset_size).square())
+            count += 1
+        if count == 0:
+            raise ValueError("warm_up_preconditioner: batches is empty")
+        for state, total in zip(self._state, totals, strict=True):
+            state["square_average"].copy_(total / count)
+        self._preconditioner_ready = True
+
+    def _before_first_step(self, stream: Iterator[Any]) -> None:
+        if not self._preconditioner_ready and self.iteration == 0 and self.preconditioner_batches > 1:
+            self.warm_up_preconditioner(itertools.islice(stream, self.preconditioner_batches))
 
     def _initial_state(self, parameter):
         return {"square_average": torch.zeros_like(parameter)}
@@ -204,7 +247,7 @@ class PreconditionedSGLD(SGMCMC):
     def _update(self, parameter, gradient, state, step_size) -> None:
         scaled = gradient / self.dataset_size
         average = state["square_average"]
-        if self.iteration == 0:
+        if self.iteration == 0 and not self._preconditioner_ready:
             average.copy_(scaled.square())
         elif self.adaptation_steps is None or self.iteration < self.adaptation_steps:
             average.mul_(self.alpha).add_((1 - self.alpha) * scaled.square())

@@ -87,6 +87,47 @@ def test_preconditioned_sgld_matches_the_posterior():
     _assert_matches_gaussian(samples, mean, covariance)
 
 
+def _sparse_feature_data():
+    """Feature 1 is absent from the first mini-batch of 20 (as an element missing from a batch of
+    frames) and its weight is 0, so at the mode that batch's gradient on it is nearly 0."""
+    x, _ = _data()
+    x[:20, 1] = 0.0
+    noise = torch.randn(N_DATA, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    return x, 0.7 * x[:, 0] + NOISE * noise
+
+
+@pytest.mark.parametrize("preconditioner_batches", [1, 20])
+def test_preconditioner_warm_up_keeps_a_chain_started_at_the_mode_near_it(preconditioner_batches):
+    """V from one such batch makes G on that weight far too large: 50 steps from the mode
+    scatter the chains over > 5 posterior σ. V averaged over 20 batches keeps them at ≈ 1 σ."""
+    x, y = _sparse_feature_data()
+    mean, covariance = _posterior(x, y, 1.0)
+    model = Linear(32)
+    model.weights.data[:] = torch.from_numpy(mean)
+    sampler = PreconditionedSGLD(
+        model, _nll, N_DATA, PRIOR, 1e-3, generator=3, preconditioner_batches=preconditioner_batches
+    )
+    sampler.sample(_batches(x, y, 20), 50, progress=False)
+    spread = ((model.weights.detach().numpy() - mean) / np.sqrt(np.diag(covariance))).std(0)
+    if preconditioner_batches == 1:
+        assert spread[1] > 5.0, spread
+    else:
+        assert np.all((0.5 < spread) & (spread < 1.5)), spread
+
+
+def test_warm_up_preconditioner_averages_the_squared_per_datum_gradients():
+    x, y = _sparse_feature_data()
+    batches = _batches(x, y, 20)[:4]
+    sampler = PreconditionedSGLD(Linear(2), _nll, N_DATA, PRIOR, 1e-3)
+    expected = (
+        torch.stack([g / N_DATA for b in batches for g in sampler.potential_gradients(b)]).square().mean(0)
+    )
+    sampler.warm_up_preconditioner(batches)
+    torch.testing.assert_close(sampler._state[0]["square_average"], expected)
+    with pytest.raises(ValueError, match="batches is empty"):
+        sampler.warm_up_preconditioner([])
+
+
 def test_cold_posterior_shrinks_the_spread_by_the_temperature():
     warm, _ = _run(SGLD, 1.0, N_DATA, 2e-5, 3000)
     cold, _ = _run(SGLD, 0.1, N_DATA, 2e-5, 3000)
@@ -113,5 +154,7 @@ def test_samplers_reject_bad_settings():
         SGLD(Linear(), _nll, N_DATA, -1.0, 1e-4)
     with pytest.raises(ValueError, match="step_size must be > 0"):
         SGLD(Linear(), _nll, N_DATA, PRIOR, ConstantSchedule(0.0))
+    with pytest.raises(ValueError, match="preconditioner_batches must be >= 1"):
+        PreconditionedSGLD(Linear(), _nll, N_DATA, PRIOR, 1e-4, preconditioner_batches=0)
     with pytest.raises(ValueError, match="no trainable parameters"):
         SGLD(torch.nn.Linear(2, 1).requires_grad_(False), _nll, N_DATA, PRIOR, 1e-4)
