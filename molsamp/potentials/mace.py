@@ -10,6 +10,7 @@ the last, an MLP on the last).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,17 @@ from molsamp.potentials.symmetric_contraction import (
     channel_layout,
     e3nn_layout,
 )
+
+
+def _match_generated_constants(module: torch.nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    """Load hook for the constants e3nn generates (``*._tensor_constant*``, fixed Wigner-3j
+    blocks): supply those a state_dict saved without them lacks, drop those this module lacks."""
+    own = {name: buffer for name, buffer in module.named_buffers() if "._tensor_constant" in name}
+    for name, buffer in own.items():
+        state_dict.setdefault(prefix + name, buffer)
+    for key in [k for k in state_dict if k.startswith(prefix) and "._tensor_constant" in k]:
+        if key[len(prefix) :] not in own:
+            del state_dict[key]
 
 
 class MACELayer(torch.nn.Module):
@@ -61,7 +73,7 @@ class MACELayer(torch.nn.Module):
                     if ir in wanted:
                         instructions.append((i1, i2, len(mid), "uvu", True))
                         mid.append((mul, ir))
-        self.conv = o3.TensorProduct(
+        conv = o3.TensorProduct(
             irreps_node,
             irreps_sh,
             o3.Irreps(mid),
@@ -69,6 +81,11 @@ class MACELayer(torch.nn.Module):
             shared_weights=False,
             internal_weights=False,
         )
+        # e3nn re-traces its generated code when a module is copied, and the re-trace can turn
+        # a folded Wigner-3j block into a new buffer (max_ell ≥ 3, 16 channels): keep the copied
+        # form, so that copies (the training EMA, ensemble members) have this module's keys
+        self.conv = copy.deepcopy(conv)
+        self.register_load_state_dict_pre_hook(_match_generated_constants)
         self.radial = RadialMLP([n_radial, *radial_hidden, self.conv.weight_numel])
         self.irreps_atomic = o3.Irreps([(channels, ir) for _, ir in irreps_sh])
         self.linear_message = o3.Linear(o3.Irreps(mid), self.irreps_atomic)

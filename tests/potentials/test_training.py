@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import ase
 import ase.io
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from molsamp.potentials import MACE
 from molsamp.potentials.datasets import AtomsDataset, Structure, alanine_dipeptide_md_dataset
 from molsamp.potentials.training import TrainingConfig, collate, evaluate, fit_statistics, train
 from molsamp.units import KJ_PER_MOL_PER_EV
@@ -96,3 +99,23 @@ def test_bad_settings_name_the_field():
         TrainingConfig(scheduler="step")
     with pytest.raises(ValueError, match="batch_size"):
         TrainingConfig(batch_size=0)
+
+
+def test_ema_training_of_a_mace_with_max_ell_3(alanine_data):
+    """A copy of a max_ell = 3, 16-channel MACE has the original's state_dict keys (e3nn's
+    einsum optimisation added a constant to copies), so the training EMA, a copy whose buffers
+    are matched by position, and loading the best state back both work."""
+    train_set, val_set = alanine_data
+    torch.manual_seed(0)
+    model = MACE((1, 6, 7, 8), r_max=0.4, max_ell=3, hidden_irreps="16x0e+16x1o", radial_mlp=(8,))
+    assert set(copy.deepcopy(model).state_dict()) == set(model.state_dict())
+    # a state saved without e3nn's generated constants (as before this was fixed) still loads
+    older = {k: v for k, v in model.state_dict().items() if "_tensor_constant" not in k}
+    assert len(older) < len(model.state_dict())
+    model.load_state_dict(older)
+    plain = MACE((1, 6, 7, 8), r_max=0.4, max_ell=2, hidden_irreps="16x0e+16x1o", radial_mlp=(8,))
+    extra = {**plain.state_dict(), "layers.1.conv._compiled_main_left_right._tensor_constant0": torch.ones(3)}
+    plain.load_state_dict(extra)  # and one with a constant this e3nn build does not generate
+    config = TrainingConfig(max_epochs=2, batch_size=8, ema_decay=0.5, stage_two_fraction=1.0, progress=False)
+    result = train(model, train_set, val_set, config)
+    assert result.epochs == 2 and np.isfinite(result.best_metrics["forces_mae"])

@@ -12,7 +12,8 @@ from ..flows.test_examples_slow import load
 @pytest.mark.slow
 def test_sgmcmc_example_smoke_then_reuse_of_reference_and_samples(tmp_path):
     example = load("examples/sgmcmc_alanine.py")
-    tiny = ["--frames", "160", "--test-frames", "20", "--map-minutes", "0.05", "--samples-per-chain", "2"]
+    tiny = ["--frames", "160", "--test-frames", "20", "--map-minutes", "0.05", "--energy-minutes", "0.02"]
+    tiny += ["--samples-per-chain", "2"]
     tiny += ["--cycle-steps", "3", "--ensemble-minutes", "0.02", "--quiet"]
     tiny += ["--posterior-temperature", "1", "--lr", "1e-4"]  # the default T is for a trained MAP
     first = example.main(
