@@ -1,7 +1,7 @@
 """How far to trust a MACE potential of alanine dipeptide: SG-MCMC posterior vs deep ensemble.
 
 1. Amber-labelled 300 K MD frames train a small MACE (the MAP estimate) on forces, then
-   fine-tune it with energies weighted as much as forces (``--energy-minutes``); or
+   fine-tune it with a 100× larger energy weight (``--energy-minutes``); or
    ``--map-model`` loads a model trained on the same frames (e.g. by
    ``examples/train_alanine_mace.py``).
 2. Preconditioned SGLD with a cyclical step size (Zhang et al. 2020), one chain per process,
@@ -93,7 +93,7 @@ def fit(
     energy_minutes: float = 0.0,
 ):
     """Train on forces (energies weigh little) for ``minutes``, then for ``energy_minutes``
-    with energies weighted as much as forces (``ENERGY_WEIGHT``, from a lower learning rate)."""
+    with the energy weight ``ENERGY_WEIGHT`` (100× stage two's) from a lower learning rate."""
     config = TrainingConfig(
         max_epochs=500,
         batch_size=8,
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "--energy-minutes",
         type=float,
         default=5.0,
-        help="then fine-tune the MAP with energies weighted as much as forces (ensemble members: "
+        help="then fine-tune the MAP with a 100× larger energy weight (ensemble members: "
         "the same share of their minutes)",
     )
     parser.add_argument(
