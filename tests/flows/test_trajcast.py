@@ -143,6 +143,23 @@ def test_conservation_layer_is_exact(angular):
         assert (l_out - l_in).abs().max() > 1e-2  # not conserved unless asked (periodic systems)
 
 
+def test_conservation_layer_marks_a_collapsed_walker_instead_of_raising():
+    """A walker whose forecast collapsed (singular inertia tensor) or went non-finite gets NaN
+    velocities, which training skips and the MD guard reports; the other walkers are exact."""
+    generator = torch.Generator().manual_seed(3)
+    x, v = _state(seed=4)
+    x, v = x.expand(3, -1, -1).clone(), v.expand(3, -1, -1).clone()
+    raw_dx = 0.05 * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    raw_v = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    x[1], raw_dx[1] = 0.0, 0.0  # every atom at one point: a singular inertia tensor
+    raw_dx[2, 0, 0] = math.nan
+    dx, v1 = conserve(MASSES, x, v, raw_dx, raw_v, 0.02, angular=True)
+    assert torch.isfinite(v1[0]).all() and not torch.isfinite(v1[1:]).all((-2, -1)).any()
+    alone_dx, alone_v = conserve(MASSES, x[:1], v[:1], raw_dx[:1], raw_v[:1], 0.02, angular=True)
+    torch.testing.assert_close(v1[:1], alone_v, rtol=0, atol=0)
+    torch.testing.assert_close(dx[:1], alone_dx, rtol=0, atol=0)
+
+
 def _tame(model: TrajCast) -> TrajCast:
     """Small residual scales: an untrained network then changes the state gently."""
     with torch.no_grad():

@@ -43,14 +43,17 @@ def _rigid_rotation(
     positions: torch.Tensor, masses: torch.Tensor, torque_free_l: torch.Tensor
 ) -> torch.Tensor:
     """Velocities ω × r (B, N, 3) of the rigid rotation about the COM whose angular momentum
-    is ``torque_free_l`` (B, 3): ω = I⁻¹ L, I the inertia tensor at ``positions``."""
+    is ``torque_free_l`` (B, 3): ω = I⁻¹ L, I the inertia tensor at ``positions``. A walker
+    whose inertia tensor is singular (collapsed or non-finite positions) gets NaN velocities,
+    for the caller's non-finite checks, instead of an error that would stop every walker."""
     m, _ = _weights(masses, positions)
     r = positions - center_of_mass(positions, masses)
     eye = torch.eye(3, dtype=r.dtype, device=r.device)
     inertia = (
         m[..., None] * (r.square().sum(-1)[..., None, None] * eye - r[..., :, None] * r[..., None, :])
     ).sum(-3)
-    omega = torch.linalg.solve(inertia, torque_free_l[..., None])[..., 0]
+    omega, info = torch.linalg.solve_ex(inertia, torque_free_l[..., None])  # no host sync on CUDA
+    omega = torch.where(info[..., None] == 0, omega[..., 0], math.nan)
     return _cross(omega[:, None, :].expand_as(r), r)
 
 
