@@ -443,6 +443,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.lj_minutes = args.alanine_minutes = 0.3
         args.lj_channels = 16  # a 0.3-minute C = 32 model explodes within the smoke run
+        args.alanine_rollout_steps = 2  # so does a 0.3-minute dipeptide model with a 4-step loss
         args.steps, args.lj_md_ps, args.alanine_md_ps = 200, 10.0, 10.0
         args.alanine_restarts = min(args.alanine_restarts, 20)
     report = {"settings": {k: str(v) for k, v in vars(args).items()}, "threads": torch.get_num_threads()}
