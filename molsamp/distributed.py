@@ -1,6 +1,7 @@
 """Scale out with ``torch.distributed`` (launched by ``torchrun``): one chain or walker set
 per rank, results gathered on rank 0; data-parallel training lives in
-:func:`molsamp.potentials.training.train` (``distributed=True``).
+:func:`molsamp.potentials.training.train` and
+:func:`molsamp.flows.trajcast.train_forecaster` (``distributed=True``).
 
 Launch on one machine with 2 processes::
 

@@ -32,6 +32,10 @@ except ImportError:  # pragma: no cover - exercised only without vesin
 
 
 _BATCHED_PAIR_BUDGET = 2**24  # candidate pairs searched at once (memory ~ 16 bytes each)
+# vesin 0.x kills the process (SIGFPE, an integer division by zero) on isolated structures
+# whose bounding box is wide and flat, e.g. 400 × 400 × 0.5 nm at a 0.5 nm cutoff: the states
+# of an exploding rollout. Isolated structures wider than this many cutoffs use the torch search.
+_VESIN_ISOLATED_SPAN_CUTOFFS = 100.0
 
 
 @dataclass(frozen=True)
@@ -124,12 +128,17 @@ def neighbor_pairs(
     starts = [0]
     for count in counts[:-1]:
         starts.append(starts[-1] + count)
-    search = _vesin_pairs if use_vesin else _torch_pairs
+    isolated = cell is None or not any(pbc)
     edges, shifts = [], []
     with torch.no_grad():
         for s, (start, count) in enumerate(zip(starts, counts, strict=True)):
             x = positions[start : start + count].detach()
             box = None if cell is None else cell[s].detach()
+            search = _vesin_pairs if use_vesin else _torch_pairs
+            if use_vesin and isolated and count > 0:
+                span = float((x.amax(0) - x.amin(0)).max())
+                if span > _VESIN_ISOLATED_SPAN_CUTOFFS * cutoff:
+                    search = _torch_pairs
             i, j, shift = search(x, cutoff, box, pbc)
             edges.append(torch.stack([i, j]) + start)
             shifts.append(shift)

@@ -492,6 +492,28 @@ def test_training_skips_a_non_finite_window_instead_of_poisoning_the_weights():
     assert math.isfinite(result.best_val_loss)
 
 
+def test_a_diverging_rollout_still_trains_on_the_steps_before_it():
+    """Float32 and σ_v × 10⁶: the second step of every two-step training window overflows.
+    Skipping such windows would leave the weights where they are for ever; training on the
+    steps before the divergence moves the model out of that region."""
+    from molsamp.flows.trajcast.training import window_loss
+
+    data, _, _ = _triangle_data(walkers=6, n_frames=30)
+    train, val = data.split(0.4)
+    torch.manual_seed(0)
+    model = TrajCast([1, 8], 0.005, r_max=0.3, channels=4, max_ell=2)
+    fit_scales(model, train, lag=5)
+    with torch.no_grad():
+        model.velocity_scale.mul_(1e6)
+        _, before = window_loss(model, val, val.windows(5, 2), 5, [1.0, 1.0])
+    assert math.isnan(before[1])  # validation keeps a diverged window NaN
+    config = ForecastTrainingConfig(lag=5, rollout_steps=2, batch_size=4, max_steps=60, val_every=20,
+                                    progress=False)  # fmt: skip
+    last = train_forecaster(model, train, val, config, fit=False).history[-1]
+    assert last["skipped_non_finite_steps"] == 0 and last["truncated_rollouts"] == 60
+    assert last["val_one_step"] < 0.01 * before[0], (last, before)
+
+
 def test_trajectory_data_windows_do_not_cross_segments():
     system = System(torch.tensor([18, 18, 18]), torch.full((3,), 39.948))
     positions = torch.zeros(2, 10, 3, 3)

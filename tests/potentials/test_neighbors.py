@@ -53,6 +53,33 @@ def test_batch_of_structures_has_offset_indices_and_own_cells(backend):
     assert _pair_set(shifted, pairs.shifts[~in_a]) == _ase_pairs(xb, cell_b, pbc, 0.4)
 
 
+_WIDE_FLAT_CHECK = """
+import numpy as np, torch
+from ase.neighborlist import primitive_neighbor_list
+from molsamp.potentials.neighbors import neighbor_pairs
+centres = np.random.default_rng(0).uniform(0, 1, size=(11, 3)) * np.array([400.0, 400.0, 0.5])
+x = torch.from_numpy(np.concatenate([centres, centres + np.array([0.1, 0.05, 0.0])]))
+pairs = neighbor_pairs(x, 0.5, torch.zeros(22, dtype=torch.int64), 1, None, backend="vesin")
+got = {(int(i), int(j)) for i, j in pairs.edge_index.T}
+i, j = primitive_neighbor_list("ij", (False,) * 3, np.zeros((3, 3)), x.numpy(), 0.5)
+assert got == set(zip(i.tolist(), j.tolist())) and len(got) >= 22, got
+print("same pairs")
+"""
+
+
+def test_wide_flat_isolated_structure_does_not_kill_the_process():
+    """vesin dies of SIGFPE on an isolated 400 × 400 × 0.5 nm structure (an exploding rollout);
+    such structures take the torch search and get the same pairs as ASE. In a subprocess, so
+    a regression fails this test instead of killing the test run."""
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-c", _WIDE_FLAT_CHECK], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0 and "same pairs" in run.stdout, (run.returncode, run.stderr[-2000:])
+
+
 def test_edge_vectors_differentiable_in_positions_and_cell():
     cell = triclinic_cell().requires_grad_(True)
     x = random_structure(6, 0.6, seed=4).requires_grad_(True)

@@ -43,7 +43,9 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
         help="rollouts whose states restart MD after 60 %% of the budget (DAgger), then training goes on",
     )
     train.add_argument("--channels", type=int, default=16)
-    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument(
+        "--batch-size", type=int, default=4, help="windows per step (per process under torchrun)"
+    )
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true")
@@ -79,8 +81,13 @@ def train_model(
     rollout_steps: int = 1, channels: int = 16, batch_size: int = 4, lr: float = 3e-3, seed: int = 0,
     progress: bool = True, restarts: int = 0, restart_frames: int = 100, restart_noise: float = 0.005,
     rollout_restarts: int = 0, rollout_restart_steps: int = 200, first_phase: float = 0.6,
+    distributed: bool = False,
 ) -> tuple:  # fmt: skip
     """Equilibrate, record MD, train. Returns (model, result, data, final MD state, timings).
+
+    With ``distributed=True`` under ``torchrun`` rank 0 runs the MD, every rank gets its data
+    and training is data parallel (``training.train_forecaster``); every rank returns the
+    same model.
 
     With ``restarts`` > 0 the training part (not the validation part) also gets that many
     segments of ``restart_frames`` frames of reference MD restarted from training frames with
@@ -88,6 +95,7 @@ def train_model(
     ``rollout_restarts`` > 0, training stops after ``first_phase`` of the budget, MD restarted
     from the states ``rollout_restarts`` rollouts of ``rollout_restart_steps`` steps reach is
     added (``training.rollout_restarts``), and training goes on for the rest of the budget."""
+    from molsamp.distributed import broadcast_from_root, rank_and_world_size
     from molsamp.flows.trajcast import recipes, training
     from molsamp.flows.trajcast.model import TrajCast
 
@@ -95,17 +103,22 @@ def train_model(
         raise ValueError(f"--stride {stride} must divide --interval-steps {interval_steps}")
     settings = recipes.recipe(system_name)
     system, state, potential = recipes.build(system_name, walkers, seed)
+    rank, _ = rank_and_world_size() if distributed else (0, 1)
     timings = {}
     start = time.perf_counter()
-    state = recipes.equilibrate(system_name, system, state, potential, seed)
-    data, state = recipes.training_data(system_name, system, state, potential, md_ps, stride, seed)
-    train_set, val_set = data.split(0.1)
-    if restarts > 0:
-        integrator = recipes.data_integrator(system_name, system, potential, seed + 10)
-        extra = training.perturbed_restarts(
-            integrator, train_set, restarts, restart_frames, stride, restart_noise, seed
-        )
-        train_set = training.join([train_set.chunks(restart_frames), extra])
+    data = train_set = val_set = None
+    if rank == 0:
+        state = recipes.equilibrate(system_name, system, state, potential, seed)
+        data, state = recipes.training_data(system_name, system, state, potential, md_ps, stride, seed)
+        train_set, val_set = data.split(0.1)
+        if restarts > 0:
+            integrator = recipes.data_integrator(system_name, system, potential, seed + 10)
+            extra = training.perturbed_restarts(
+                integrator, train_set, restarts, restart_frames, stride, restart_noise, seed
+            )
+            train_set = training.join([train_set.chunks(restart_frames), extra])
+    if distributed:
+        data, train_set, val_set, state = broadcast_from_root((data, train_set, val_set, state))
     timings["md_data_s"] = time.perf_counter() - start
     model = TrajCast(
         system.atomic_numbers.unique().tolist(), interval_steps * settings.timestep, r_max=settings.r_max,
@@ -116,17 +129,22 @@ def train_model(
         max_time_s=60.0 * minutes, seed=seed, progress=progress,
     )  # fmt: skip
     if rollout_restarts <= 0:
-        result = training.train_forecaster(model, train_set, val_set, config)
+        result = training.train_forecaster(model, train_set, val_set, config, distributed=distributed)
     else:
         first = training.train_forecaster(
-            model, train_set, val_set, replace(config, max_time_s=first_phase * config.max_time_s)
-        )
-        t0 = time.perf_counter()
-        integrator = recipes.data_integrator(system_name, system, potential, seed + 20)
-        extra = training.rollout_restarts(
-            model, integrator, train_set, rollout_restarts, rollout_restart_steps, restart_frames, stride,
-            settings.temperature, seed,
+            model, train_set, val_set, replace(config, max_time_s=first_phase * config.max_time_s),
+            distributed=distributed,
         )  # fmt: skip
+        t0 = time.perf_counter()
+        extra = None
+        if rank == 0:
+            integrator = recipes.data_integrator(system_name, system, potential, seed + 20)
+            extra = training.rollout_restarts(
+                model, integrator, train_set, rollout_restarts, rollout_restart_steps, restart_frames,
+                stride, settings.temperature, seed,
+            )  # fmt: skip
+        if distributed:
+            extra = broadcast_from_root(extra)
         if extra is not None:
             if train_set.positions.shape[1] != restart_frames:
                 train_set = train_set.chunks(restart_frames)
@@ -135,7 +153,9 @@ def train_model(
         timings["rollout_restart_segments"] = 0 if extra is None else int(extra.positions.shape[0])
         rest = max(0.0, config.max_time_s - first.seconds - timings["rollout_restart_s"])
         second = replace(config, max_time_s=rest, lr=0.3 * config.lr)  # fine-tuning, not a new warm start
-        result = training.train_forecaster(model, train_set, val_set, second, fit=False)
+        result = training.train_forecaster(
+            model, train_set, val_set, second, fit=False, distributed=distributed
+        )
         result.steps += first.steps
         result.seconds += first.seconds + timings["rollout_restart_s"]
         result.history[:0] = first.history
@@ -144,14 +164,19 @@ def train_model(
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from molsamp.distributed import init_from_environment
     from molsamp.flows.trajcast.model import save_forecaster
 
+    rank, world = init_from_environment("gloo")  # under torchrun: data-parallel training
     torch.manual_seed(args.seed)
     model, result, _, state, timings = train_model(
         args.system, args.minutes, args.md_ps, args.walkers, args.interval_steps, args.stride,
         args.rollout_steps, args.channels, args.batch_size, args.lr, args.seed, not args.quiet,
         restarts=args.restarts, restart_noise=args.restart_noise, rollout_restarts=args.rollout_restarts,
+        distributed=world > 1,
     )  # fmt: skip
+    if rank != 0:
+        return
     out: Path = args.output
     metadata = {
         "system": args.system,

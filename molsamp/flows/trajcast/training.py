@@ -8,7 +8,15 @@ pairs at Δt = k·δt with k = lag·stride. The loss of step j of a window is
 
 with x̂, v̂ the model's own rollout from frame 0 (multi-step loss for ``rollout_steps > 1``,
 gradients through the whole rollout), position errors taken by minimum image, and σ the
-per-element training RMS of the residuals (the model's normalisation).
+per-element training RMS of the residuals (the model's normalisation). A rollout that diverges
+mid-window contributes the steps before it (see :func:`window_loss`).
+
+Data-parallel training (``train_forecaster(..., distributed=True)`` under ``torchrun``): every
+rank holds the same data and draws the same global batch of ``batch_size × world size``
+windows per step, of which it takes its own ``batch_size``; gradients are averaged over ranks
+(one all-reduce per step), so a step equals a single-process step on the global batch and the
+weights stay identical on every rank. Wall-clock decisions (learning rate,
+stopping) use the ranks' mean elapsed time, so all ranks stop on the same step.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
+from molsamp.distributed import all_reduce_sum, broadcast_from_root, rank_and_world_size
 from molsamp.flows.trajcast.model import TrajCast
 from molsamp.flows.trajcast.physics import minimum_image
 from molsamp.integrators.base import Integrator
@@ -323,7 +332,9 @@ class ForecastTrainingConfig:
     lag : frames between forecast steps (Δt = lag × frame_time)
     rollout_steps : forecast steps per window (1: pairs; > 1: multi-step rollout loss)
     rollout_weights : loss weight of each step (default all 1)
-    batch_size : windows per optimiser step
+    diverged_step_loss : a training window whose step loss exceeds this (normalised units; a
+        ballistic guess scores ~2 per step) has diverged: its rollout loss stops before that step
+    batch_size : windows per optimiser step (per rank when training is distributed)
     lr, final_lr_factor : Adam learning rate, cosine-decayed to lr × factor over the budget
     max_steps : optimiser steps; max_time_s : wall-clock budget (whichever comes first)
     ema_decay : exponential moving average of the weights that is validated and kept (0: off)
@@ -337,6 +348,7 @@ class ForecastTrainingConfig:
     lag: int = 1
     rollout_steps: int = 1
     rollout_weights: Sequence[float] | None = None
+    diverged_step_loss: float = 1e3
     batch_size: int = 4
     lr: float = 3e-3
     final_lr_factor: float = 0.02
@@ -363,9 +375,21 @@ class ForecastTrainingConfig:
 
 
 def window_loss(
-    model: TrajCast, data: TrajectoryData, windows: torch.Tensor, lag: int, weights: Sequence[float]
+    model: TrajCast,
+    data: TrajectoryData,
+    windows: torch.Tensor,
+    lag: int,
+    weights: Sequence[float],
+    diverged_step_loss: float = math.inf,
 ) -> tuple[torch.Tensor, list[float]]:
-    """Mean normalised rollout loss of ``windows`` (W, 2) and the loss of each step."""
+    """Mean normalised rollout loss of ``windows`` (W, 2) and the loss of each step taken.
+
+    With a finite ``diverged_step_loss`` (training), a rollout that diverges (a window's step
+    loss not finite or above it) stops before that step, and the loss is that of the steps
+    before it, so training still learns from them: skipping such windows instead would stall a
+    model whose rollouts all diverge, since it could never move out of that region. The first
+    step always counts. Otherwise (validation) a non-finite step makes the loss NaN, which a
+    caller that trains skips."""
     system = data.system
     device = model.displacement_scale.device
     dtype = model.dtype
@@ -380,19 +404,42 @@ def window_loss(
     sx = model.displacement_scale[species][:, None]
     sv = model.velocity_scale[species][:, None]
     x, v = x_true[:, 0], v_true[:, 0]
-    total, per_step = 0.0, []
+    truncate = math.isfinite(diverged_step_loss)
+    total, used, per_step = 0.0, 0.0, []
     for j, w in enumerate(weights, start=1):
-        dx, v = model.forecast(z, masses, x, v, cell, system.pbc)
-        x = x + dx
-        if not (torch.isfinite(x).all() and torch.isfinite(v).all()):  # no graph of NaN positions:
-            nan_loss = total + math.nan * (x.sum() + v.sum())  # NaN, still on the graph; training skips it
-            return nan_loss, per_step + [math.nan] * (len(weights) - len(per_step))
-        ex = minimum_image(x - x_true[:, j], cell, system.pbc) / sx
-        ev = (v - v_true[:, j]) / sv
-        step_loss = ex.square().mean() + ev.square().mean()
+        dx, v_next = model.forecast(z, masses, x, v, cell, system.pbc)
+        x_next = x + dx
+        finite = bool(torch.isfinite(x_next).all() and torch.isfinite(v_next).all())
+        if finite:
+            ex = minimum_image(x_next - x_true[:, j], cell, system.pbc) / sx
+            ev = (v_next - v_true[:, j]) / sv
+            per_window = ex.square().mean((1, 2)) + ev.square().mean((1, 2))  # (W,)
+        if truncate and j > 1 and (not finite or float(per_window.detach().max()) > diverged_step_loss):
+            break  # diverged: the steps before it are the loss
+        if not finite:  # no graph of NaN positions: NaN, still on the graph; training skips it
+            return math.nan * (x_next.sum() + v_next.sum()), per_step + [math.nan]
+        step_loss = per_window.mean()
         per_step.append(float(step_loss.detach()))
-        total = total + w * step_loss
-    return total / sum(weights), per_step
+        total, used = total + w * step_loss, used + w
+        x, v = x_next, v_next
+    return total / used, per_step
+
+
+def _average_gradients(model: torch.nn.Module, elapsed: float, world: int) -> float:
+    """Replace every gradient by its mean over the ``world`` ranks (one all-reduce, which also
+    carries ``elapsed``); returns the ranks' mean elapsed seconds. A non-finite gradient on
+    one rank makes the mean non-finite on all, so every rank skips that step alike."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    for p in parameters:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in parameters] + [p.grad.new_tensor([elapsed])])
+    flat = all_reduce_sum(flat) / world
+    offset = 0
+    for p in parameters:
+        p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
+    return float(flat[-1])
 
 
 @dataclass
@@ -413,17 +460,25 @@ def train_forecaster(
     config: ForecastTrainingConfig,
     *,
     fit: bool = True,
+    distributed: bool = False,
 ) -> ForecastTrainingResult:
-    """Train ``model`` in place; the best validated (EMA) weights are loaded into it at the end."""
+    """Train ``model`` in place; the best validated (EMA) weights are loaded into it at the end.
+
+    With ``distributed=True`` inside a process group (``torchrun`` and
+    :func:`molsamp.distributed.init_from_environment`) every rank calls this with the same
+    data; rank 0's initial weights are used and every rank ends with the same model."""
+    rank, world = rank_and_world_size() if distributed else (0, 1)
     torch.manual_seed(config.seed)
     model.to(config.dtype)
     scales = fit_scales(model, train_data, config.lag) if fit else {}
+    if world > 1:
+        model.load_state_dict(broadcast_from_root(model.state_dict()))
     weights = list(config.rollout_weights or [1.0] * config.rollout_steps)
     train_windows = train_data.windows(config.lag, config.rollout_steps)
     val_all = val_data.windows(config.lag, config.rollout_steps)
     pick = torch.linspace(0, len(val_all) - 1, min(config.val_windows, len(val_all))).round().long()
-    val_windows = val_all[pick]
-    generator = torch.Generator().manual_seed(config.seed)
+    val_windows = val_all[pick][rank::world]  # every rank validates its share; sums are added
+    generator = torch.Generator().manual_seed(config.seed)  # the same on every rank: global batches
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, amsgrad=True)
     ema = (
         torch.optim.swa_utils.AveragedModel(
@@ -433,35 +488,36 @@ def train_forecaster(
         else None
     )
     start = time.perf_counter()
+    elapsed = 0.0  # seconds; with several ranks their mean, updated with every step's all-reduce
     best, best_state, history = math.inf, None, []
-    bar = tqdm(total=None, disable=not config.progress, unit="step", desc="trajcast")
-    step = skipped = 0
+    bar = tqdm(total=None, disable=not config.progress or rank != 0, unit="step", desc="trajcast")
+    step = skipped = truncated = 0
 
     def validate() -> None:
         nonlocal best, best_state
         judged = ema.module if ema is not None else model
+        sums = torch.zeros(3, dtype=torch.float64)  # loss × windows, one-step loss × windows, windows
         with torch.no_grad():
-            losses = [
-                window_loss(judged, val_data, chunk, config.lag, weights) for chunk in val_windows.split(16)
-            ]
-        loss = sum(
-            loss_value.item() * len(chunk)
-            for (loss_value, _), chunk in zip(losses, val_windows.split(16), strict=True)
-        )
-        loss /= len(val_windows)
-        first = sum(
-            steps_[0] * len(chunk) for (_, steps_), chunk in zip(losses, val_windows.split(16), strict=True)
-        ) / len(val_windows)
+            for chunk in val_windows.split(16):
+                loss_value, per_step = window_loss(judged, val_data, chunk, config.lag, weights)
+                sums += torch.tensor(
+                    [loss_value.item() * len(chunk), per_step[0] * len(chunk), len(chunk)], dtype=sums.dtype
+                )
+        if world > 1:
+            sums = all_reduce_sum(sums)
+        loss, first = (sums[:2] / sums[2]).tolist()
         history.append(
             {"step": step, "seconds": time.perf_counter() - start, "val_loss": loss, "val_one_step": first,
-             "lr": optimizer.param_groups[0]["lr"], "skipped_non_finite_steps": skipped}
+             "lr": optimizer.param_groups[0]["lr"], "skipped_non_finite_steps": skipped,
+             "truncated_rollouts": truncated}
         )  # fmt: skip
         if loss < best:
             best, best_state = loss, copy.deepcopy(judged.state_dict())
         bar.set_postfix(val=f"{loss:.4f}")
 
     while step < config.max_steps:
-        elapsed = time.perf_counter() - start
+        if world == 1:
+            elapsed = time.perf_counter() - start
         if elapsed > config.max_time_s:
             break
         fraction = min(1.0, max(step / config.max_steps, elapsed / config.max_time_s))
@@ -470,11 +526,17 @@ def train_forecaster(
         )
         for group in optimizer.param_groups:
             group["lr"] = lr_now
-        chosen = train_windows[torch.randint(len(train_windows), (config.batch_size,), generator=generator)]
+        drawn = torch.randint(len(train_windows), (config.batch_size * world,), generator=generator)
+        chosen = train_windows[drawn[rank * config.batch_size : (rank + 1) * config.batch_size]]
         model.train()
-        loss, _ = window_loss(model, train_data, chosen, config.lag, weights)
+        loss, per_step = window_loss(
+            model, train_data, chosen, config.lag, weights, config.diverged_step_loss
+        )
+        truncated += len(per_step) < len(weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            elapsed = _average_gradients(model, time.perf_counter() - start, world)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or math.inf)
         if torch.isfinite(loss) and torch.isfinite(norm):  # one bad window must not poison the weights
             optimizer.step()

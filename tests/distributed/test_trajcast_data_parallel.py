@@ -1,0 +1,55 @@
+"""Two gloo ranks on the CPU: data-parallel TrajCast training equals single-process training on
+the global batch.
+
+Each rank draws the same global batch of windows and takes its half; the averaged gradient is
+the global batch's (every rank's loss is a mean over the same number of windows). Rank 1 starts
+from other weights, so the test also fails if rank 0's weights are not broadcast first.
+"""
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from molsamp.flows.trajcast import ForecastTrainingConfig, TrajCast, train_forecaster
+
+from ..flows.test_trajcast import _triangle_data
+
+
+def _train(batch_size: int, distributed: bool, seed: int = 0):
+    data, _, _ = _triangle_data(walkers=6, n_frames=30)
+    train, val = data.split(0.3)
+    torch.manual_seed(seed)
+    model = TrajCast([1, 8], 0.005, r_max=0.3, channels=4, max_ell=2, dtype=torch.float64)
+    # constant learning rate, no EMA, a step budget: every step is a plain Adam step
+    config = ForecastTrainingConfig(
+        lag=5, batch_size=batch_size, lr=1e-2, final_lr_factor=1.0, max_steps=5,
+        val_every=2, ema_decay=0.0, progress=False, dtype=torch.float64,
+    )  # fmt: skip
+    result = train_forecaster(model, train, val, config, distributed=distributed)
+    return model.state_dict(), [h["val_loss"] for h in result.history], result.steps
+
+
+def _worker(rank: int, world: int, init_file: str, results) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    results[rank] = _train(batch_size=2, distributed=True, seed=rank)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
+    results = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    (weights0, val0, steps0), (weights1, val1, steps1) = results[0], results[1]
+    single, single_val, single_steps = _train(batch_size=4, distributed=False)
+
+    assert steps0 == steps1 == single_steps == 5
+    torch.manual_seed(0)
+    initial = TrajCast([1, 8], 0.005, r_max=0.3, channels=4, max_ell=2, dtype=torch.float64)
+    assert any(not torch.equal(p, single[name]) for name, p in initial.named_parameters())  # it trained
+    assert len(val0) == 3  # validated at steps 2, 4 and the end
+    for name, value in single.items():
+        assert torch.equal(weights0[name], weights1[name]), name  # the ranks agree exactly
+        torch.testing.assert_close(weights0[name], value, rtol=1e-9, atol=1e-12, msg=name)
+    # validation is sharded over the ranks and summed
+    assert val0 == val1
+    torch.testing.assert_close(torch.tensor(val0), torch.tensor(single_val), rtol=1e-9, atol=0)
