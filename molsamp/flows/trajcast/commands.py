@@ -106,19 +106,20 @@ def train_model(
     rank, _ = rank_and_world_size() if distributed else (0, 1)
     timings = {}
     start = time.perf_counter()
-    data = train_set = val_set = None
+    data = extra = None
     if rank == 0:
         state = recipes.equilibrate(system_name, system, state, potential, seed)
         data, state = recipes.training_data(system_name, system, state, potential, md_ps, stride, seed)
-        train_set, val_set = data.split(0.1)
         if restarts > 0:
             integrator = recipes.data_integrator(system_name, system, potential, seed + 10)
             extra = training.perturbed_restarts(
-                integrator, train_set, restarts, restart_frames, stride, restart_noise, seed
+                integrator, data.split(0.1)[0], restarts, restart_frames, stride, restart_noise, seed
             )
-            train_set = training.join([train_set.chunks(restart_frames), extra])
     if distributed:
-        data, train_set, val_set, state = broadcast_from_root((data, train_set, val_set, state))
+        data, extra, state = broadcast_from_root((data, extra, state))
+    train_set, val_set = data.split(0.1)
+    if extra is not None:
+        train_set = training.join([train_set.chunks(restart_frames), extra])
     timings["md_data_s"] = time.perf_counter() - start
     model = TrajCast(
         system.atomic_numbers.unique().tolist(), interval_steps * settings.timestep, r_max=settings.r_max,
