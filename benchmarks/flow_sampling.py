@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from molsamp.flows.boltzmann import BoltzmannGenerator
+from molsamp.flows.boltzmann import BoltzmannGenerator, load_boltzmann_generator
 from molsamp.flows.mcmc import IndependenceMetropolis, flow_mcmc
 from molsamp.flows.ramachandran import chain_ess, collective_variables, phi_psi
 from molsamp.flows.reweighting import kish_ess
@@ -66,16 +66,10 @@ def md_chain(engine: str, n_frames: int, interval: int, seed: int) -> dict:
     )
 
 
-def load_generator(run: Path, training_frames: Path) -> BoltzmannGenerator:
-    """The run's flow, rebuilt with the run's seed (it draws the coupling masks) and reloaded."""
+def load_generator(run: Path) -> BoltzmannGenerator:
+    """The run's trained flow (its ``boltzmann_generator.pt``) with the implicit-solvent target."""
     system, _, potential = alanine_dipeptide("implicit", temperature=TEMPERATURE)
-    frames = torch.from_numpy(np.load(training_frames)).double()
-    results = run / "results.json"
-    seed = json.loads(results.read_text()).get("seed", 0) if results.is_file() else 0
-    bg = BoltzmannGenerator.build(system, potential, frames, TEMPERATURE, torch.Generator().manual_seed(seed))
-    bg.flow.load_state_dict(torch.load(run / "flow.pt", weights_only=True))
-    bg.coordinates.load_state_dict(torch.load(run / "coordinates.pt", weights_only=True))
-    return bg
+    return load_boltzmann_generator(run / "boltzmann_generator.pt", system, potential, TEMPERATURE)
 
 
 def md_rows(args: argparse.Namespace) -> list[dict]:
@@ -95,7 +89,7 @@ def md_rows(args: argparse.Namespace) -> list[dict]:
 
 def flow_rows(args: argparse.Namespace) -> list[dict]:
     """Flow reweighting (Kish ESS) and flow-MCMC (chain ESS) with the run's trained flow."""
-    bg = load_generator(args.run, args.training_frames)
+    bg = load_generator(args.run)
     start = time.process_time()
     samples = bg.draw(args.flow_samples, torch.Generator().manual_seed(args.seed + 1))
     rows = [
@@ -132,7 +126,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument(
         "--run", type=Path, required=True, help="output folder of examples/boltzmann_alanine.py"
     )
-    parser.add_argument("--training-frames", type=Path, help="the frames that run trained on (.npy)")
+    parser.add_argument(
+        "--training-frames", type=Path, help="the frames that run trained on (.npy): MCMC start positions"
+    )
     parser.add_argument(
         "--md-ns", type=float, default=1.0, help="ns of OpenMM Langevin (default %(default)s)"
     )

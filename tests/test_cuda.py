@@ -117,6 +117,22 @@ def test_flow_on_cuda_matches_cpu():
     assert samples.device.type == "cuda" and torch.isfinite(log_q).all()
 
 
+def test_a_saved_boltzmann_generator_loads_onto_cuda(tmp_path):
+    from molsamp.flows import load_boltzmann_generator, save_boltzmann_generator
+
+    from .flows.test_boltzmann import chain_generator
+    from .flows.toy_molecule import ChainPotential, chain_system
+
+    bg, frames = chain_generator()
+    path = save_boltzmann_generator(bg, tmp_path / "bg.pt")
+    gpu = load_boltzmann_generator(path, chain_system(), ChainPotential(), device="cuda")
+    torch.testing.assert_close(
+        gpu.log_prob(frames[:32].cuda()).cpu(), bg.log_prob(frames[:32]), rtol=1e-9, atol=1e-9
+    )
+    z, log_q = gpu.flow.sample(16, torch.Generator(device="cuda").manual_seed(0))
+    assert z.device.type == "cuda" and torch.isfinite(log_q).all()
+
+
 def test_flow_mcmc_runs_on_cuda_without_leaving_the_device():
     from molsamp.flows.mcmc import IndependenceMetropolis, flow_mcmc
     from molsamp.potentials import DoubleWell

@@ -1,7 +1,13 @@
 """Learned proposals: internal coordinates, spline flows, Boltzmann generators, flow-MCMC,
 Timewarp (learned large time steps accepted by Metropolis–Hastings) and importance reweighting."""
 
-from molsamp.flows.boltzmann import BoltzmannGenerator, FlowSamples, soften_energy
+from molsamp.flows.boltzmann import (
+    BoltzmannGenerator,
+    FlowSamples,
+    load_boltzmann_generator,
+    save_boltzmann_generator,
+    soften_energy,
+)
 from molsamp.flows.coordinates import InternalCoordinates, NormalizedInternal, ZMatrix
 from molsamp.flows.flow import CouplingSplineFlow, Flow
 from molsamp.flows.mcmc import FlowMCMCResult, IndependenceMetropolis, flow_mcmc
@@ -52,9 +58,11 @@ __all__ = [
     "js_divergence",
     "kish_ess",
     "kl_divergence",
+    "load_boltzmann_generator",
     "log_importance_weights",
     "matched_ess_js_floor",
     "pareto_k",
+    "save_boltzmann_generator",
     "soften_energy",
     "timewarp_mcmc",
     "train_timewarp",

@@ -13,13 +13,16 @@ to u_high + log(1 + u − u_high), and non-finite energy gradients are zeroed.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+import molsamp
 from molsamp.flows.coordinates import (
     InternalCoordinates,
     NormalizedInternal,
@@ -30,6 +33,7 @@ from molsamp.flows.coordinates import (
 from molsamp.flows.flow import CouplingSplineFlow, Flow
 from molsamp.flows.reweighting import ess_fraction, log_importance_weights
 from molsamp.potentials.base import Potential
+from molsamp.potentials.serialization import load_plain_data, save_plain_data
 from molsamp.system import System
 from molsamp.units import kT
 
@@ -431,3 +435,74 @@ class BoltzmannGenerator(torch.nn.Module):
         best = max(range(len(candidates)), key=lambda i: measured[i]["fresh_ess"])
         history[-1].update(reselection=measured, kept_step=candidates[best][1])
         return candidates[best][2]
+
+
+FORMAT = "molsamp-boltzmann-generator-1"
+
+
+def save_boltzmann_generator(bg: BoltzmannGenerator, path: str | Path) -> Path:
+    """Write ``bg``'s flow, coordinate statistics, Z-matrix, chirality and temperature to
+    ``path`` as plain data (atomically); the target potential is not stored. Returns the path."""
+    if not isinstance(bg.flow, CouplingSplineFlow):
+        raise TypeError(f"only CouplingSplineFlow generators can be saved, got {type(bg.flow).__name__}")
+    zmatrix = bg.coordinates.internal.zmatrix
+    return save_plain_data(
+        {
+            "format": FORMAT,
+            "molsamp_version": molsamp.__version__,
+            "temperature_K": bg.temperature,
+            "dtype": str(bg.flow.dtype).removeprefix("torch."),
+            "zmatrix_root": torch.tensor(zmatrix.root),
+            "zmatrix_rows": torch.tensor(zmatrix.rows, dtype=torch.int64).reshape(-1, 4),
+            "chiral_centres": torch.tensor(bg.chiral_centres, dtype=torch.int64).reshape(-1, 4),
+            "chiral_signs": bg.chiral_signs.cpu(),
+            "flow_options": json.dumps(bg.flow.options),
+            "halves": bg.flow.halves,
+            "coordinates": {k: v.cpu() for k, v in bg.coordinates.state_dict().items()},
+            "flow": {k: v.cpu() for k, v in bg.flow.state_dict().items()},
+        },
+        path,
+    )
+
+
+def load_boltzmann_generator(
+    path: str | Path,
+    system: System,
+    target_potential: Potential,
+    temperature: float | None = None,
+    device: torch.device | str = "cpu",
+) -> BoltzmannGenerator:
+    """Rebuild a generator written by :func:`save_boltzmann_generator` for ``system`` (its
+    atom count must match) with ``target_potential``, reweighting to ``temperature`` K (default:
+    the one it was trained at). ``torch.load(weights_only=True)``: nothing in the file runs."""
+    payload = load_plain_data(
+        path, FORMAT, "molsamp Boltzmann generator", "molsamp.flows.save_boltzmann_generator"
+    )
+    rows = tuple(tuple(int(a) for a in row) for row in payload["zmatrix_rows"].tolist())
+    zmatrix = ZMatrix(tuple(int(a) for a in payload["zmatrix_root"].tolist()), rows)
+    if zmatrix.n_atoms != system.n_atoms:
+        raise ValueError(
+            f"{path} is a generator for {zmatrix.n_atoms} atoms but the system has {system.n_atoms}; "
+            "load it with the system it was trained on"
+        )
+    dtype = getattr(torch, payload["dtype"])
+    state = payload["coordinates"]
+    coordinates = NormalizedInternal(
+        InternalCoordinates(zmatrix), statistics=(state["mean"], state["cholesky"])
+    ).to(dtype=dtype, device=device)
+    flow = CouplingSplineFlow(
+        coordinates.dim,
+        coordinates.circular,
+        generator=torch.Generator().manual_seed(0),  # initial weights, overwritten below
+        dtype=dtype,
+        device=device,
+        halves=payload["halves"],
+        **json.loads(payload["flow_options"]),
+    )
+    flow.load_state_dict(payload["flow"])
+    centres = [tuple(int(a) for a in centre) for centre in payload["chiral_centres"].tolist()]
+    return BoltzmannGenerator(
+        flow, coordinates, target_potential,
+        float(payload["temperature_K"]) if temperature is None else temperature, centres,
+        payload["chiral_signs"].tolist(),
+    ).to(device)  # fmt: skip

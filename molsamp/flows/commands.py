@@ -84,6 +84,12 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
     )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--output", type=Path, default=Path("molsamp-sample"), help="output folder")
+    sample.add_argument(
+        "--flow-from",
+        type=Path,
+        help="a Boltzmann generator an earlier run saved (its boltzmann_generator.pt): skip training "
+        "and draw --flow-samples from it, reweighted at --temperature",
+    )
     add_flow_arguments(sample, train_minutes=5.0, samples=20_000)
     from molsamp.flows.timewarp_commands import add_timewarp_arguments
 
@@ -104,23 +110,13 @@ def _load_frames(path: Path, topology_pdb: Path) -> torch.Tensor:
     return torch.as_tensor(frames, dtype=torch.float64)
 
 
-def train_and_report(
-    system,
-    potential,
-    frames: torch.Tensor,
-    reference: torch.Tensor,
-    args: argparse.Namespace,
-    basin_pairs: tuple[tuple[str, str], ...],
-) -> dict:
-    """Train a Boltzmann generator (ML, then ML + λ reverse KL + μ reweighted ML), draw,
-    reweight, compare, save."""
+def train_generator(system, potential, frames: torch.Tensor, args: argparse.Namespace) -> tuple:
+    """A Boltzmann generator trained on ``frames`` for ``args.flow_minutes`` (ML, then ML + λ
+    reverse KL + μ reweighted ML). Returns (generator, history, steps, seconds)."""
     from molsamp.flows.boltzmann import BoltzmannGenerator
-    from molsamp.flows.ramachandran import compare_to_reference, phi_psi
 
-    if args.flow_minutes <= 0 or args.flow_samples < 2:
-        raise ValueError(
-            f"--flow-minutes must be > 0 and --flow-samples >= 2, got {args.flow_minutes}, {args.flow_samples}"
-        )
+    if args.flow_minutes <= 0:
+        raise ValueError(f"--flow-minutes must be > 0, got {args.flow_minutes}")
     if not 0 <= args.kl_weight <= 1 or not 0 <= args.ml_fraction <= 1:
         raise ValueError(
             f"--kl-weight and --ml-fraction must be in [0, 1], got {args.kl_weight}, {args.ml_fraction}"
@@ -160,11 +156,32 @@ def train_and_report(
         )
         history += mixed
         steps += mixed[-1]["step"] + 1
-    training_s = time.perf_counter() - start
+    return bg, history, steps, time.perf_counter() - start
+
+
+def train_and_report(
+    system,
+    potential,
+    frames: torch.Tensor,
+    reference: torch.Tensor,
+    args: argparse.Namespace,
+    basin_pairs: tuple[tuple[str, str], ...],
+) -> dict:
+    """Train a Boltzmann generator (ML, then ML + λ reverse KL + μ reweighted ML), or load one
+    (``args.flow_from``); draw, reweight, compare, save."""
+    from molsamp.flows.boltzmann import load_boltzmann_generator, save_boltzmann_generator
+    from molsamp.flows.ramachandran import compare_to_reference, phi_psi
+
+    if args.flow_samples < 2:
+        raise ValueError(f"--flow-samples must be >= 2, got {args.flow_samples}")
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(bg.flow.state_dict(), out / "flow.pt")
-    torch.save(bg.coordinates.state_dict(), out / "coordinates.pt")
+    if getattr(args, "flow_from", None) is None:
+        bg, history, steps, training_s = train_generator(system, potential, frames, args)
+        save_boltzmann_generator(bg, out / "boltzmann_generator.pt")
+    else:
+        bg = load_boltzmann_generator(args.flow_from, system, potential, args.temperature)
+        history, steps, training_s = None, 0, 0.0
     samples = bg.draw(args.flow_samples, torch.Generator().manual_seed(args.seed + 1))
     results = compare_to_reference(
         samples,
@@ -183,15 +200,21 @@ def train_and_report(
         phi_psi=phi_psi(samples.positions, system.topology),
         log_weights=samples.log_weights.numpy(),
     )
+    if history is None:
+        results["loaded_from"] = str(args.flow_from)
+    else:
+        (out / "flow_training.json").write_text(json.dumps(history, indent=2))
     (out / "flow_results.json").write_text(json.dumps(results, indent=2))
-    (out / "flow_training.json").write_text(json.dumps(history, indent=2))
     return results
 
 
 def print_report(results: dict) -> None:
     """Human-readable summary of :func:`train_and_report`."""
     floor = results["reference_half_vs_half"]
-    print(f"flow training: {results['training_s']:.0f} s")
+    if "loaded_from" in results:
+        print(f"flow loaded from {results['loaded_from']}")
+    else:
+        print(f"flow training: {results['training_s']:.0f} s")
     print(
         f"flow samples: {results['n_samples']}, Kish ESS {results['kish_ess']:.1f} ({results['ess_percent']:.3g} %)"
     )
@@ -233,6 +256,8 @@ def run_sample(args: argparse.Namespace) -> None:
     if args.method == "timewarp":
         from molsamp.flows.timewarp_commands import run_timewarp_sample
 
+        if args.flow_from is not None:
+            raise ValueError("--flow-from loads a Boltzmann generator; drop it with --method timewarp")
         run_timewarp_sample(args, system, potential, frames, reference)
         return
     results = train_and_report(

@@ -350,14 +350,36 @@ class NormalizedInternal(torch.nn.Module):
     internal : the :class:`InternalCoordinates` transform
     positions : (S, N, 3) nm, data frames to take the statistics from
     whiten : full Cholesky whitening (True) or per-coordinate scaling (False)
+    statistics : (mean (D,), L (R, R)) instead of ``positions`` (R bonds and angles), e.g. a
+        saved model's buffers
     """
 
-    def __init__(self, internal: InternalCoordinates, positions: torch.Tensor, whiten: bool = True):
+    def __init__(
+        self,
+        internal: InternalCoordinates,
+        positions: torch.Tensor | None = None,
+        whiten: bool = True,
+        *,
+        statistics: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ):
         super().__init__()
         self.internal = internal
+        if (positions is None) == (statistics is None):
+            raise ValueError("give either positions (data frames) or statistics (mean, cholesky), not both")
+        mean, factor = self._statistics(positions, whiten) if statistics is None else statistics
+        n_real = internal.torsion_slice.start
+        if tuple(mean.shape) != (internal.n_internal,) or tuple(factor.shape) != (n_real, n_real):
+            raise ValueError(
+                f"statistics must be mean ({internal.n_internal},) and cholesky ({n_real}, {n_real}), "
+                f"got {tuple(mean.shape)} and {tuple(factor.shape)}"
+            )
+        self.register_buffer("mean", mean.clone())
+        self.register_buffer("cholesky", factor.clone())
+
+    def _statistics(self, positions: torch.Tensor, whiten: bool) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            values, _, _ = internal(positions.to(torch.float64))
-        torsion = internal.torsion_slice
+            values, _, _ = self.internal(positions.to(torch.float64))
+        torsion = self.internal.torsion_slice
         real = values[:, : torsion.start]
         std = real.std(0)
         if not (std > 0).all():
@@ -375,8 +397,7 @@ class NormalizedInternal(torch.nn.Module):
         else:
             factor = torch.diag(std)
         circular = torch.atan2(torch.sin(values[:, torsion]).mean(0), torch.cos(values[:, torsion]).mean(0))
-        self.register_buffer("mean", torch.cat([real.mean(0), circular]))
-        self.register_buffer("cholesky", factor)
+        return torch.cat([real.mean(0), circular]), factor
 
     @property
     def dim(self) -> int:

@@ -236,6 +236,11 @@ class CouplingSplineFlow(Flow):
     context_dim : context length for p(x | c), 0 for p(x)
     generator : seeded torch.Generator for the masks and the initial weights
     dtype, device : of the parameters (float32 or float64)
+    halves : (n_couplings / 2, D) bool, the coordinates the first layer of every pair
+        transforms (the second transforms the rest); default: random halves from ``generator``.
+        A saved flow's halves rebuild it (:func:`molsamp.flows.boltzmann.load_boltzmann_generator`).
+
+    ``options`` keeps the keyword arguments that set the architecture.
     """
 
     def __init__(
@@ -252,14 +257,25 @@ class CouplingSplineFlow(Flow):
         generator: torch.Generator,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        halves: torch.Tensor | None = None,
     ):
         super().__init__(dim, circular, context_dim)
         if n_couplings < 2 or n_couplings % 2:
             raise ValueError(f"n_couplings must be an even number >= 2, got {n_couplings}")
+        if halves is None:
+            halves = torch.zeros(n_couplings // 2, dim, dtype=torch.bool)
+            for half in halves:
+                half[torch.randperm(dim, generator=generator)[: dim // 2]] = True
+        elif tuple(halves.shape) != (n_couplings // 2, dim):
+            raise ValueError(
+                f"halves must be (n_couplings / 2, dim) = ({n_couplings // 2}, {dim}), got {tuple(halves.shape)}"
+            )
+        self.options = {
+            "n_couplings": n_couplings, "hidden": hidden, "n_hidden_layers": n_hidden_layers,
+            "bins": bins, "tail_bound": float(tail_bound), "context_dim": context_dim,
+        }  # fmt: skip
         layers = []
-        for _ in range(n_couplings // 2):
-            half = torch.zeros(dim, dtype=torch.bool)
-            half[torch.randperm(dim, generator=generator)[: dim // 2]] = True
+        for half in halves.bool().cpu():
             for mask in (half, ~half):
                 layers.append(
                     SplineCoupling(
@@ -269,6 +285,11 @@ class CouplingSplineFlow(Flow):
         self.layers = nn.ModuleList(layers)
         _initialise(self, generator)
         self.to(dtype=dtype, device=device)
+
+    @property
+    def halves(self) -> torch.Tensor:
+        """(n_couplings / 2, D) bool: what the first layer of every pair transforms."""
+        return torch.stack([layer.transformed for layer in self.layers[::2]]).cpu()
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None

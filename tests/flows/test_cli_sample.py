@@ -23,7 +23,25 @@ def test_sample_trains_draws_and_writes_results(tmp_path, alanine_frames, capsys
     stored = np.load(out / "flow_samples.npz")
     assert stored["phi_psi"].shape == (300, 2) and not np.isnan(stored["log_weights"]).any()
     assert (out / "ramachandran_flow_vs_md.png").read_bytes()[:4] == b"\x89PNG"
-    assert (out / "flow.pt").is_file() and (out / "coordinates.pt").is_file()
+    assert (out / "boltzmann_generator.pt").is_file() and (out / "flow_training.json").is_file()
+
+
+def test_sample_draws_again_from_a_saved_generator_without_training(tmp_path, alanine_frames, capsys):
+    _, frames = alanine_frames
+    trajectory = tmp_path / "frames.npy"
+    np.save(trajectory, frames.numpy())
+    first, again = tmp_path / "first", tmp_path / "again"
+    common = ["sample", "--trajectory", str(trajectory), "--flow-samples", "200", "--seed", "4"]
+    assert main([*common, "--output", str(first), "--flow-minutes", "0.02", "--ml-fraction", "0.5"]) == 0
+    saved = first / "boltzmann_generator.pt"
+    assert main([*common, "--output", str(again), "--flow-from", str(saved)]) == 0
+    assert f"flow loaded from {saved}" in capsys.readouterr().out
+    drawn = [np.load(folder / "flow_samples.npz") for folder in (first, again)]
+    np.testing.assert_array_equal(drawn[1]["phi_psi"], drawn[0]["phi_psi"])
+    np.testing.assert_array_equal(drawn[1]["log_weights"], drawn[0]["log_weights"])
+    results = json.loads((again / "flow_results.json").read_text())
+    assert results["loaded_from"] == str(saved) and results["training_steps"] == 0
+    assert not (again / "flow_training.json").exists()
 
 
 def test_demo_adds_the_flow_report(tmp_path, capsys):

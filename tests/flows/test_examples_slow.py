@@ -30,7 +30,7 @@ def test_example_and_benchmark_run_end_to_end(tmp_path):
     assert results["n_samples"] == 2000 and 1.0 <= results["kish_ess"] <= 2000
     assert results["training_frames"] == 200 + 10 and len(results["ess_percent_batches"]) == 5
     assert math.isfinite(results["js_reweighted_vs_reference"])
-    assert (out / "flow.pt").is_file() and (out / "results.json").is_file()
+    assert (out / "boltzmann_generator.pt").is_file() and (out / "results.json").is_file()
     samples = np.load(out / "samples.npz")
     assert not np.isnan(samples["log_weights"]).any()
     # the benchmark reloads the flow (weights_only) from the frames it was trained on
