@@ -15,6 +15,8 @@ def test_trajcast_example_and_benchmark_smoke(tmp_path):
     lj, alanine = report["lennard_jones"], report["alanine_dipeptide"]
     assert lj["rollout"]["requested_steps"] == 200 and lj["interval_multiple"] == 10
     assert math.isfinite(lj["rdf_distance"]) and math.isfinite(alanine["phi_psi_js"])
+    c5 = alanine["fraction_c5"]
+    assert 0 <= c5["md"] <= 1 and len(c5["forecast_per_walker"]) == alanine["rollout"]["walkers"]
     assert json.loads((out / "report.json").read_text())["alanine_dipeptide"]["interval_multiple"] == 10
     for path in lj["plots"] + alanine["plots"]:
         assert path.endswith(".png")
