@@ -12,6 +12,8 @@ import torch
 
 
 def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
+    from molsamp.flows.trajcast.physics import THERMOSTATS
+
     forecast = commands.add_parser("forecast", help="TrajCast force-free MD: train a forecaster, roll it out")
     actions = forecast.add_subparsers(dest="forecast_command", required=True)
 
@@ -60,7 +62,7 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     roll.add_argument("--thermostat-ps", type=float, default=1.0, help="thermostat time constant, ps")
     roll.add_argument(
         "--thermostat",
-        choices=("bussi", "langevin"),
+        choices=sorted(THERMOSTATS),
         default="bussi",
         help="bussi: one velocity scale for all atoms; langevin: per atom (holds every atom at the "
         "temperature when the forecast heats some atoms and cools others, e.g. X–H bonds)",
