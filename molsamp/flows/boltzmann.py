@@ -457,9 +457,9 @@ def save_boltzmann_generator(bg: BoltzmannGenerator, path: str | Path) -> Path:
             "chiral_centres": torch.tensor(bg.chiral_centres, dtype=torch.int64).reshape(-1, 4),
             "chiral_signs": bg.chiral_signs.cpu(),
             "flow_options": json.dumps(bg.flow.options),
-            "halves": bg.flow.halves,
-            "coordinates": {k: v.cpu() for k, v in bg.coordinates.state_dict().items()},
-            "flow": {k: v.cpu() for k, v in bg.flow.state_dict().items()},
+            "coordinate_mean": bg.coordinates.mean.cpu(),
+            "coordinate_cholesky": bg.coordinates.cholesky.cpu(),
+            "flow": {k: v.cpu() for k, v in bg.flow.state_dict().items()},  # its masks included
         },
         path,
     )
@@ -486,20 +486,20 @@ def load_boltzmann_generator(
             "load it with the system it was trained on"
         )
     dtype = getattr(torch, payload["dtype"])
-    state = payload["coordinates"]
     coordinates = NormalizedInternal(
-        InternalCoordinates(zmatrix), statistics=(state["mean"], state["cholesky"])
+        InternalCoordinates(zmatrix), statistics=(payload["coordinate_mean"], payload["coordinate_cholesky"])
     ).to(dtype=dtype, device=device)
+    options, weights = json.loads(payload["flow_options"]), payload["flow"]
     flow = CouplingSplineFlow(
         coordinates.dim,
         coordinates.circular,
         generator=torch.Generator().manual_seed(0),  # initial weights, overwritten below
         dtype=dtype,
         device=device,
-        halves=payload["halves"],
-        **json.loads(payload["flow_options"]),
+        halves=torch.stack([weights[f"layers.{i}.transformed"] for i in range(0, options["n_couplings"], 2)]),
+        **options,
     )
-    flow.load_state_dict(payload["flow"])
+    flow.load_state_dict(weights)
     centres = [tuple(int(a) for a in centre) for centre in payload["chiral_centres"].tolist()]
     return BoltzmannGenerator(
         flow, coordinates, target_potential,
