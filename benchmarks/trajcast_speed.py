@@ -160,8 +160,8 @@ def main(argv=None) -> dict:
                 )
             else:
                 print(
-                    f"accuracy (report.json): phi/psi JS {r['phi_psi_js']:.4f} (MD same length "
-                    f"{r['phi_psi_js_md_same_length_vs_rest']:.4f}), T "
+                    f"accuracy (report.json): phi/psi JS {r['phi_psi_js']:.4f} (MD same starts and length "
+                    f"{r['phi_psi_js_md_same_starts_and_length']:.4f}), T "
                     f"{r['kinetic_forecast']['temperature_mean_K']:.1f} K, stable {r['rollout']['stable']}"
                 )
         print()

@@ -5,6 +5,7 @@ everything seeded."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -24,6 +25,7 @@ from molsamp.flows.trajcast import (
     fit_scales,
     load_forecaster,
     minimum_image,
+    recipes,
     record_trajectory,
     rollout,
     save_forecaster,
@@ -541,6 +543,9 @@ def test_cli_forecast_train_then_rollout(tmp_path, capsys):
     args += ["--md-ps", "1", "--walkers", "1", "--channels", "4", "--quiet"]
     assert main(args) == 0
     assert (model_dir / "model.pt").is_file() and (model_dir / "training.json").is_file()
+    # without --lr the dipeptide trains at its recipe's learning rate
+    config = json.loads((model_dir / "training.json").read_text())["config"]
+    assert config["lr"] == recipes.recipe("alanine_dipeptide").learning_rate == 6e-3
     # a 2-second model (its steps depend on the machine's speed) is not a stable forecaster:
     # make it the ballistic forecast (readouts zeroed) to test the rollout plumbing
     model, metadata = load_forecaster(model_dir / "model.pt")

@@ -16,7 +16,10 @@ def test_trajcast_example_and_benchmark_smoke(tmp_path):
     assert lj["rollout"]["requested_steps"] == 200 and lj["interval_multiple"] == 10
     assert math.isfinite(lj["rdf_distance"]) and math.isfinite(alanine["phi_psi_js"])
     c5 = alanine["fraction_c5"]
-    assert 0 <= c5["md"] <= 1 and len(c5["forecast_per_walker"]) == alanine["rollout"]["walkers"]
+    assert 0 <= c5["md"] <= 1 and len(c5["forecast_per_walker"]) == alanine["rollout"]["walkers"] == 16
+    assert len(c5["md_same_starts_per_walker"]) == 16 and math.isfinite(
+        alanine["phi_psi_js_md_same_starts_and_length"]
+    )
     assert json.loads((out / "report.json").read_text())["alanine_dipeptide"]["interval_multiple"] == 10
     for path in lj["plots"] + alanine["plots"]:
         assert path.endswith(".png")

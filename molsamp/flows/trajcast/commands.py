@@ -48,7 +48,9 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--batch-size", type=int, default=4, help="windows per step (per process under torchrun)"
     )
-    train.add_argument("--lr", type=float, default=3e-3)
+    train.add_argument(
+        "--lr", type=float, help="Adam learning rate (default: the system's: fluid 3e-3, dipeptide 6e-3)"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true")
 
@@ -80,12 +82,13 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
 
 def train_model(
     system_name: str, minutes: float, md_ps: float, walkers: int, interval_steps: int, stride: int,
-    rollout_steps: int = 1, channels: int = 16, batch_size: int = 4, lr: float = 3e-3, seed: int = 0,
+    rollout_steps: int = 1, channels: int = 16, batch_size: int = 4, lr: float | None = None, seed: int = 0,
     progress: bool = True, restarts: int = 0, restart_frames: int = 100, restart_noise: float = 0.005,
     rollout_restarts: int = 0, rollout_restart_steps: int = 200, first_phase: float = 0.6,
     distributed: bool = False,
 ) -> tuple:  # fmt: skip
     """Equilibrate, record MD, train. Returns (model, result, data, final MD state, timings).
+    ``lr`` None takes the recipe's learning rate.
 
     With ``distributed=True`` under ``torchrun`` rank 0 runs the MD, every rank gets its data
     and training is data parallel (``training.train_forecaster``); every rank returns the
@@ -128,7 +131,8 @@ def train_model(
         channels=channels, max_ell=settings.max_ell,
     )  # fmt: skip
     config = training.ForecastTrainingConfig(
-        lag=interval_steps // stride, rollout_steps=rollout_steps, batch_size=batch_size, lr=lr,
+        lag=interval_steps // stride, rollout_steps=rollout_steps, batch_size=batch_size,
+        lr=settings.learning_rate if lr is None else lr,
         max_time_s=60.0 * minutes, seed=seed, progress=progress,
     )  # fmt: skip
     if rollout_restarts <= 0:

@@ -23,7 +23,7 @@ from molsamp.system import State
 
 @dataclass(frozen=True)
 class Recipe:
-    """MD settings of a built-in system (ps, K, nm, 1/ps)."""
+    """MD settings of a built-in system (ps, K, nm, 1/ps) and its forecaster's defaults."""
 
     name: str
     timestep: float
@@ -33,11 +33,12 @@ class Recipe:
     equilibration_ps: float
     periodic: bool
     max_ell: int  # of the forecaster's edge spherical harmonics
+    learning_rate: float  # Adam's, at the start of the cosine schedule
 
 
 RECIPES = {
-    "lennard_jones_fluid": Recipe("lennard_jones_fluid", 0.005, 120.0, 0.5, 0.0, 10.0, True, 1),
-    "alanine_dipeptide": Recipe("alanine_dipeptide", 0.001, 300.0, 0.5, 0.2, 10.0, False, 2),
+    "lennard_jones_fluid": Recipe("lennard_jones_fluid", 0.005, 120.0, 0.5, 0.0, 10.0, True, 1, 3e-3),
+    "alanine_dipeptide": Recipe("alanine_dipeptide", 0.001, 300.0, 0.5, 0.2, 10.0, False, 2, 6e-3),
 }
 
 
