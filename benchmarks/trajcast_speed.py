@@ -121,6 +121,15 @@ def runners(name: str, model: TrajCast, n_forecast: int) -> tuple[dict, dict]:
     return runs, {"ps_per_step": ps_per_step, **sizes}
 
 
+def _temperature(report: dict) -> str:
+    """The forecast's mean temperature from an example's report, or why it has none (a rollout
+    that exploded in its first frames)."""
+    kinetic = report["kinetic_forecast"]
+    if "temperature_mean_K" in kinetic:
+        return f"{kinetic['temperature_mean_K']:.1f} K"
+    return f"not measured ({kinetic.get('skipped', 'no forecast frames')})"
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, help="output folder of examples/trajcast_forecast.py")
@@ -156,13 +165,13 @@ def main(argv=None) -> dict:
                     f"accuracy (report.json): g(r) distance {r['rdf_distance']:.4f} (MD floor "
                     f"{r['rdf_distance_md_half_vs_half']:.4f}), D rel. error Green-Kubo "
                     f"{d['green_kubo_relative_error']:+.1%}, MSD {d['msd_relative_error']:+.1%}, "
-                    f"T {r['kinetic_forecast']['temperature_mean_K']:.1f} K"
+                    f"T {_temperature(r)}"
                 )
             else:
                 print(
                     f"accuracy (report.json): phi/psi JS {r['phi_psi_js']:.4f} (MD same starts and length "
-                    f"{r['phi_psi_js_md_same_starts_and_length']:.4f}), T "
-                    f"{r['kinetic_forecast']['temperature_mean_K']:.1f} K, stable {r['rollout']['stable']}"
+                    f"{r['phi_psi_js_md_same_starts_and_length']:.4f}), T {_temperature(r)}, "
+                    f"stable {r['rollout']['stable']} (exploded at step {r['rollout']['exploded_at_step']})"
                 )
         print()
     return results

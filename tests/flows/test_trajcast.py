@@ -343,6 +343,30 @@ class _SpringTriangle(Potential):
         return 0.5 * self.k * (r - self.r0).square().sum(-1)
 
 
+def test_weight_average_warms_up_then_keeps_its_decay():
+    """The kept average follows a_n = d_n a_(n-1) + (1 - d_n) w_n with
+    d_n = min(decay, (1 + n) / (10 + n)) after n averaged updates (the first update copies):
+    fresh weights dominate early, and the decay is exactly ``decay`` once warmed up."""
+    from molsamp.flows.trajcast.training import warmed_up_ema
+
+    decay = 0.95
+    layer = torch.nn.Linear(1, 1, bias=False).double()
+    average = torch.optim.swa_utils.AveragedModel(layer, multi_avg_fn=warmed_up_ema(decay))
+    generator = torch.Generator().manual_seed(3)
+    expected = None
+    for n in range(400):
+        w = float(torch.randn((), generator=generator, dtype=torch.float64))
+        with torch.no_grad():
+            layer.weight.fill_(w)
+        average.update_parameters(layer)
+        d = min(decay, (1 + n) / (10 + n))
+        expected = w if n == 0 else d * expected + (1 - d) * w
+        assert average.module.weight.detach().item() == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert (1 + 399) / (10 + 399) > decay  # the last updates used the decay itself
+    with pytest.raises(ValueError, match="ema_decay"):
+        ForecastTrainingConfig(max_steps=1, ema_decay=1.0)
+
+
 def test_training_learns_the_flow_map_of_a_spring_triangle(tmp_path):
     """Pairs at lag 10 δt of NVE MD: the trained one-step error falls far below the
     ballistic guess Δx = vΔt, v' = v (loss 2 in normalised units), and saving is lossless."""
@@ -543,9 +567,10 @@ def test_cli_forecast_train_then_rollout(tmp_path, capsys):
     args += ["--md-ps", "1", "--walkers", "1", "--channels", "4", "--quiet"]
     assert main(args) == 0
     assert (model_dir / "model.pt").is_file() and (model_dir / "training.json").is_file()
-    # without --lr the dipeptide trains at its recipe's learning rate
+    # without --lr the dipeptide trains at its recipe's learning rate and weight average
     config = json.loads((model_dir / "training.json").read_text())["config"]
     assert config["lr"] == recipes.recipe("alanine_dipeptide").learning_rate == 6e-3
+    assert config["ema_decay"] == recipes.recipe("alanine_dipeptide").ema_decay == 0.999
     # a 2-second model (its steps depend on the machine's speed) is not a stable forecaster:
     # make it the ballistic forecast (readouts zeroed) to test the rollout plumbing
     model, metadata = load_forecaster(model_dir / "model.pt")

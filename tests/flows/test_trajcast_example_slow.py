@@ -28,3 +28,10 @@ def test_trajcast_example_and_benchmark_smoke(tmp_path):
     )
     for name in ("lennard_jones_fluid", "alanine_dipeptide"):
         assert all(rate > 0 for rate in rows[name]["ps_per_s"].values())
+
+
+def test_speed_benchmark_reports_an_exploded_rollout_instead_of_failing():
+    temperature = load("benchmarks/trajcast_speed.py")._temperature
+    assert temperature({"kinetic_forecast": {"temperature_mean_K": 299.94}}) == "299.9 K"
+    skipped = {"kinetic_forecast": {"skipped": "3 forecast frames: too few"}}
+    assert temperature(skipped) == "not measured (3 forecast frames: too few)"

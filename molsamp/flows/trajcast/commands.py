@@ -132,7 +132,7 @@ def train_model(
     )  # fmt: skip
     config = training.ForecastTrainingConfig(
         lag=interval_steps // stride, rollout_steps=rollout_steps, batch_size=batch_size,
-        lr=settings.learning_rate if lr is None else lr,
+        lr=settings.learning_rate if lr is None else lr, ema_decay=settings.ema_decay,
         max_time_s=60.0 * minutes, seed=seed, progress=progress,
     )  # fmt: skip
     if rollout_restarts <= 0:

@@ -34,11 +34,12 @@ class Recipe:
     periodic: bool
     max_ell: int  # of the forecaster's edge spherical harmonics
     learning_rate: float  # Adam's, at the start of the cosine schedule
+    ema_decay: float  # of the kept weight average (training.warmed_up_ema)
 
 
 RECIPES = {
-    "lennard_jones_fluid": Recipe("lennard_jones_fluid", 0.005, 120.0, 0.5, 0.0, 10.0, True, 1, 3e-3),
-    "alanine_dipeptide": Recipe("alanine_dipeptide", 0.001, 300.0, 0.5, 0.2, 10.0, False, 2, 6e-3),
+    "lennard_jones_fluid": Recipe("lennard_jones_fluid", 0.005, 120.0, 0.5, 0.0, 10.0, True, 1, 3e-3, 0.99),
+    "alanine_dipeptide": Recipe("alanine_dipeptide", 0.001, 300.0, 0.5, 0.2, 10.0, False, 2, 6e-3, 0.999),
 }
 
 

@@ -337,7 +337,9 @@ class ForecastTrainingConfig:
     batch_size : windows per optimiser step (per rank when training is distributed)
     lr, final_lr_factor : Adam learning rate, cosine-decayed to lr × factor over the budget
     max_steps : optimiser steps; max_time_s : wall-clock budget (whichever comes first)
-    ema_decay : exponential moving average of the weights that is validated and kept (0: off)
+    ema_decay : exponential moving average of the weights that is validated and kept (0: off);
+        after n updates the decay used is min(ema_decay, (1 + n) / (10 + n)) (warm-up, so a
+        short training averages its recent weights, not its initial ones)
     val_every : optimiser steps between validations
     val_windows : validation windows used (evenly spread)
     grad_clip : gradient-norm clip (0: off)
@@ -366,12 +368,32 @@ class ForecastTrainingConfig:
         for name in ("lag", "rollout_steps", "batch_size", "max_steps", "val_every", "val_windows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no weight average), got {self.ema_decay}")
         if self.max_steps == 10**9 and math.isinf(self.max_time_s):
             raise ValueError("give max_steps or max_time_s (seconds): training needs a budget")
         if self.rollout_weights is not None and len(self.rollout_weights) != self.rollout_steps:
             raise ValueError(
                 f"rollout_weights needs {self.rollout_steps} entries, got {len(self.rollout_weights)}"
             )
+
+
+def warmed_up_ema(decay: float):
+    """``multi_avg_fn`` for ``torch.optim.swa_utils.AveragedModel``: an exponential moving
+    average whose decay after n averaged updates is min(``decay``, (1 + n) / (10 + n)), the
+    warm-up of TensorFlow's ``ExponentialMovingAverage(num_updates=...)``. Early weights, far
+    from trained ones, are forgotten quickly; ``decay`` is reached after ~10 / (1 − decay)
+    updates. The decay stays a tensor on the weights' device (no host synchronisation)."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        n = n_averaged.to(averaged[0].dtype)
+        weight = 1.0 - torch.clamp((1.0 + n) / (10.0 + n), max=decay)  # weight of the new weights
+        for a, c in zip(averaged, current, strict=True):
+            a.lerp_(c, weight)
+
+    return update
 
 
 def window_loss(
@@ -481,9 +503,7 @@ def train_forecaster(
     generator = torch.Generator().manual_seed(config.seed)  # the same on every rank: global batches
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, amsgrad=True)
     ema = (
-        torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay)
-        )
+        torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=warmed_up_ema(config.ema_decay))
         if config.ema_decay > 0
         else None
     )
