@@ -10,8 +10,11 @@ networks", 2025).
   :class:`LocalLangevinThermostat`.
 * :func:`train_forecaster` on :class:`TrajectoryData` (MD pairs at lag k·δt, multi-step loss).
 * :func:`rollout` — the driver, with molsamp reporters, checkpoints and guard.
+* :func:`calibrate_velocity_noise` — the rollout's velocity noise, set on its own rollouts so
+  that a weak per-atom thermostat holds every element at the temperature.
 """
 
+from molsamp.flows.trajcast.calibration import NoiseCalibration, calibrate_velocity_noise
 from molsamp.flows.trajcast.driver import ForecastIntegrator, FrameRecorder, UnknownEnergy, rollout
 from molsamp.flows.trajcast.model import TrajCast, load_forecaster, save_forecaster
 from molsamp.flows.trajcast.physics import (
@@ -44,11 +47,13 @@ __all__ = [
     "ForecastTrainingResult",
     "FrameRecorder",
     "LocalLangevinThermostat",
+    "NoiseCalibration",
     "StochasticVelocityRescaling",
     "TrajCast",
     "TrajectoryData",
     "UnknownEnergy",
     "angular_momentum",
+    "calibrate_velocity_noise",
     "center_of_mass",
     "conserve",
     "fit_scales",

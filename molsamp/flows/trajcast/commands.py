@@ -44,6 +44,13 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
         default=0,
         help="rollouts whose states restart MD after 60 %% of the budget (DAgger), then training goes on",
     )
+    train.add_argument(
+        "--calibrate-noise-ps",
+        type=float,
+        help="after training, calibrate the velocity noise on rollouts under a per-atom Langevin "
+        "thermostat of this τ (ps), so that they hold every element at the temperature; roll out "
+        "with --thermostat langevin --thermostat-ps of the same τ (dipeptide: 0.1)",
+    )
     train.add_argument("--channels", type=int, default=16)
     train.add_argument(
         "--batch-size", type=int, default=4, help="windows per step (per process under torchrun)"
@@ -191,10 +198,26 @@ def _run_train(args: argparse.Namespace) -> None:
         "start_positions": state.positions[0].tolist(),
         "start_velocities": state.velocities[0].tolist(),
     }
+    calibration = None
+    if args.calibrate_noise_ps is not None:
+        from molsamp.flows.trajcast import recipes
+        from molsamp.flows.trajcast.calibration import calibrate_velocity_noise
+
+        system = recipes.build(args.system)[0]
+        temperature = recipes.recipe(args.system).temperature
+        calibration = calibrate_velocity_noise(
+            model, system, state, temperature, args.calibrate_noise_ps, generator=args.seed,
+            progress=not args.quiet,
+        )  # fmt: skip
+        metadata["velocity_noise_calibrated_for"] = {
+            "thermostat": "langevin",
+            "thermostat_ps": args.calibrate_noise_ps,
+        }
     path = save_forecaster(model, out / "model.pt", metadata)
     report = {
         "best_val_loss": result.best_val_loss, "steps": result.steps, "timings": timings,
         "scales": result.scales, "config": result.config, "history": result.history,
+        "noise_calibration": None if calibration is None else vars(calibration),
     }  # fmt: skip
     (out / "training.json").write_text(json.dumps(report, indent=2))
     print(f"forecaster: {path} (interval {model.interval} ps = {args.interval_steps} MD steps)")

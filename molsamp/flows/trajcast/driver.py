@@ -135,11 +135,22 @@ class ForecastIntegrator(Integrator):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One forecast step of (B, N, 3) positions and velocities: forecast, velocity noise,
         thermostat, wrap. Walkers are independent (a non-finite one leaves the others alone)."""
-        system, model = self.system, self.model
-        z = system.atomic_numbers.to(x.device)
+        x, v = self.forecast(x, v, cell)
+        return self.perturb(x, v, cell)
+
+    def forecast(
+        self, x: torch.Tensor, v: torch.Tensor, cell: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's (B, N, 3) positions x + Δx and velocities v' through the conservation layer."""
+        z = self.system.atomic_numbers.to(x.device)
+        dx, v = self.model.forecast(z, self.masses.to(x), x, v, cell, self.system.pbc, angular=self.angular)
+        return x + dx, v
+
+    def perturb(
+        self, x: torch.Tensor, v: torch.Tensor, cell: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of :meth:`advance` after :meth:`forecast`: noise, thermostat, wrap."""
         masses = self.masses.to(x)
-        dx, v = model.forecast(z, masses, x, v, cell, system.pbc, angular=self.angular)
-        x = x + dx
         if self.noise:
             kick = self._noise_sigma.to(x) * torch.randn(
                 v.shape, generator=self.generator, dtype=v.dtype, device=v.device
@@ -147,8 +158,8 @@ class ForecastIntegrator(Integrator):
             v = v + split_motion(x, kick, masses, self.angular)[1]
         if self.thermostat is not None:
             v = self.thermostat.apply(x, v, masses, self.timestep)
-        if cell is not None and system.periodic:
-            x = wrap_positions(x, cell, system.pbc)
+        if cell is not None and self.system.periodic:
+            x = wrap_positions(x, cell, self.system.pbc)
         return x, v
 
 

@@ -297,7 +297,9 @@ def fit_velocity_noise(
     the true velocity by its error: each step then drains kinetic energy (on alanine dipeptide
     ~3 % of it per 10 fs, more than a Bussi thermostat of τ = 0.5 ps restores, so a rollout ran
     100 K cold). Gaussian noise of that variance on the forecast gives back the mean square the
-    data have. Returns σ per element, nm/ps."""
+    data have. A rollout visits its own states, where the forecast may keep a different share;
+    :func:`~molsamp.flows.trajcast.calibration.calibrate_velocity_noise` sets the noise there,
+    for a given thermostat. Returns σ per element, nm/ps."""
     windows = data.windows(lag, 1)
     pick = torch.linspace(0, len(windows) - 1, min(max_windows, len(windows))).round().long()
     system = data.system
