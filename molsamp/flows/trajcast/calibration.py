@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from molsamp.flows.trajcast.driver import ForecastIntegrator
 from molsamp.flows.trajcast.model import TrajCast
-from molsamp.flows.trajcast.physics import split_motion
+from molsamp.flows.trajcast.physics import conserved_degrees_of_freedom, split_motion
 from molsamp.integrators.base import as_generator
 from molsamp.integrators.guard import SimulationExploded
 from molsamp.system import State, System
@@ -58,6 +58,21 @@ def _per_element(values: torch.Tensor, species: torch.Tensor, n_elements: int) -
     return sums / torch.bincount(species, minlength=n_elements).clamp_min(1)
 
 
+def _projected_mean_square(
+    positions: torch.Tensor, masses: torch.Tensor, std: torch.Tensor, angular: bool,
+    generator: torch.Generator, draws: int,
+) -> torch.Tensor:  # fmt: skip
+    """(N,) mean square per component of Gaussian velocities of per-atom ``std`` (N, 1) with the
+    conserved momenta projected out, Monte Carlo over ``draws`` samples per walker."""
+    total = torch.zeros(positions.shape[-2], dtype=torch.float64, device=positions.device)
+    for _ in range(draws):
+        v = std * torch.randn(
+            positions.shape, generator=generator, dtype=positions.dtype, device=positions.device
+        )
+        total += split_motion(positions, v, masses, angular)[1].square().mean((0, 2)).double()
+    return total / draws
+
+
 def canonical_mean_square(
     system: System, positions: torch.Tensor, temperature: float, angular: bool, generator: torch.Generator,
     draws: int = 256,
@@ -67,14 +82,8 @@ def canonical_mean_square(
     (Monte Carlo over ``draws`` samples per walker; heavy atoms carry more of the removed
     centre-of-mass and rotational motion, so their share is below k_B T / m)."""
     masses = system.masses.to(positions)
-    scale = torch.sqrt(BOLTZMANN_KJ_PER_MOL_K * temperature / masses)[:, None]
-    total = torch.zeros(system.n_atoms, dtype=positions.dtype, device=positions.device)
-    for _ in range(draws):
-        v = scale * torch.randn(
-            positions.shape, generator=generator, dtype=positions.dtype, device=positions.device
-        )
-        total += split_motion(positions, v, masses, angular)[1].square().mean((0, 2))
-    return total / draws
+    std = torch.sqrt(BOLTZMANN_KJ_PER_MOL_K * temperature / masses)[:, None]
+    return _projected_mean_square(positions, masses, std, angular, generator, draws)
 
 
 def noise_gain(
@@ -88,19 +97,12 @@ def noise_gain(
     projection moves between elements. Monte Carlo at (B, N, 3) ``positions``."""
     masses = system.masses.to(positions)
     n_atoms = system.n_atoms
-    free = (3 * n_atoms - (6 if angular else 3)) / (3 * n_atoms)
+    free = (3 * n_atoms - conserved_degrees_of_freedom(angular)) / (3 * n_atoms)
     gain = torch.zeros(n_elements, n_elements, dtype=torch.float64)
-    counts = torch.bincount(species, minlength=n_elements).clamp_min(1).double()
     for k in species.unique().tolist():
-        on_k = (species == k).to(positions)[:, None] / free**0.5
-        total = torch.zeros(n_atoms, dtype=torch.float64, device=positions.device)
-        for _ in range(draws):
-            kick = on_k * torch.randn(
-                positions.shape, generator=generator, dtype=positions.dtype, device=positions.device
-            )
-            total += split_motion(positions, kick, masses, angular)[1].square().mean((0, 2)).double()
-        gain[:, k] = (
-            torch.zeros(n_elements, dtype=torch.float64).index_add_(0, species, total.cpu() / draws) / counts
+        std = (species == k).to(positions)[:, None] / free**0.5
+        gain[:, k] = _per_element(
+            _projected_mean_square(positions, masses, std, angular, generator, draws), species, n_elements
         )
     return gain
 
@@ -136,10 +138,9 @@ def calibrate_velocity_noise(
     generator = as_generator(generator, model.displacement_scale.device)
     species = model.species(system.atomic_numbers).cpu()
     n_el = len(model.elements)
-    masses = system.masses.to(state.positions)
     angular = not system.periodic
     x = state.positions.to(model.dtype)
-    v = split_motion(x, state.velocities.to(model.dtype), masses.to(model.dtype), angular)[1]
+    v = split_motion(x, state.velocities.to(x), system.masses.to(x), angular)[1]
     present = torch.bincount(species, minlength=n_el) > 0
     history, ratio = [], None
     original = model.velocity_noise.clone()
@@ -158,14 +159,13 @@ def calibrate_velocity_noise(
             x, v = integrator.perturb(x_next, v_forecast, state.cell)
             if not (torch.isfinite(x).all() and torch.isfinite(v).all()):
                 model.velocity_noise.copy_(original)
+                at = len(history) * (warmup + steps) + step
                 raise SimulationExploded(
-                    f"a calibration rollout produced non-finite positions or velocities at forecast step "
-                    f"{len(history) * (warmup + steps) + step}; the model keeps its velocity noise. Train it "
-                    "longer, or calibrate with a smaller thermostat_time",
-                    len(history) * (warmup + steps) + step,
-                    len(history) * (warmup + steps) + step - 1,
-                    None,
-                )
+                    f"a calibration rollout produced non-finite positions or velocities at forecast step {at}; "
+                    "the model keeps its velocity noise. Train it longer, or calibrate with a smaller "
+                    "thermostat_time",
+                    at, at - 1, None,
+                )  # fmt: skip
         measured = _per_element(before / steps, species, n_el)
         forecast_keeps = _per_element(after, species, n_el) / _per_element(before, species, n_el)  # a_e
         target = _per_element(
