@@ -101,8 +101,6 @@ class GraphPotential(Potential):
     # messages of edges longer than r_max are exactly zero (subclasses with a smooth cutoff
     # envelope and bias-free radial paths); lets the GPU path skip dropping them
     zero_beyond_cutoff = False
-    # why torch.compile cannot trace the network, or None when it can
-    compile_blocker: str | None = None
 
     def __init__(self, elements: Sequence[int], r_max: float, skin: float = 0.05):
         super().__init__()
@@ -142,8 +140,6 @@ class GraphPotential(Potential):
         inference (``energy_and_forces``, ``energy_forces_stress``, ``predict`` without
         ``create_graph``). Training (forces in the loss) stays eager, since compiled graphs do
         not support double backward. Compilation happens on the first call; returns self."""
-        if enabled and self.compile_blocker is not None:
-            raise NotImplementedError(f"{type(self).__name__} cannot be compiled: {self.compile_blocker}")
         self._compile_options = {"dynamic": True, **options} if enabled else None
         self._compiled = None
         return self

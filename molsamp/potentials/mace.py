@@ -22,6 +22,7 @@ from molsamp.potentials.symmetric_contraction import (
     SymmetricContraction,
     channel_layout,
     e3nn_layout,
+    irrep_blocks,
 )
 
 
@@ -91,6 +92,8 @@ class MACELayer(torch.nn.Module):
         self.linear_message = o3.Linear(o3.Irreps(mid), self.irreps_atomic)
         out_per_channel = o3.Irreps([(1, ir) for _, ir in irreps_out])
         self.out_per_channel = out_per_channel
+        self._atomic_blocks = irrep_blocks(self.irreps_atomic)
+        self._out_blocks = irrep_blocks(out_per_channel)
         self.product = SymmetricContraction(
             str(o3.Irreps([(1, ir) for _, ir in irreps_sh])),
             str(out_per_channel),
@@ -121,8 +124,8 @@ class MACELayer(torch.nn.Module):
         messages = self.conv(h[sender], sh, self.radial(radial))
         atomic = scatter_sum(messages, receiver, node.shape[0]) / avg_num_neighbors
         atomic = self.linear_message(atomic)
-        basis = self.product(channel_layout(atomic, self.irreps_atomic, self.channels), species)
-        return self.linear_product(e3nn_layout(basis, self.out_per_channel)) + skip
+        basis = self.product(channel_layout(atomic, self._atomic_blocks, self.channels), species)
+        return self.linear_product(e3nn_layout(basis, self._out_blocks)) + skip
 
 
 class MACE(GraphPotential):
@@ -151,10 +154,6 @@ class MACE(GraphPotential):
     """
 
     zero_beyond_cutoff = True  # polynomial envelope × bias-free radial MLP
-    compile_blocker = (
-        "torch.compile (dynamo) fails on e3nn's irreps (e3nn 0.6: Irrep.__len__ raises inside "
-        "dynamo's guards); run MACE eager, or compile TensorNet"
-    )
 
     def __init__(
         self,

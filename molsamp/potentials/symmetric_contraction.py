@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 from e3nn import o3
@@ -142,6 +143,7 @@ class SymmetricContraction(torch.nn.Module):
                 "channels are given separately"
             )
         self.correlation = int(correlation)
+        self._output_names = tuple(str(ir) for _, ir in self.irreps_out)  # plain strings: compilable
         dtype = torch.get_default_dtype()
         self.weights = torch.nn.ParameterDict()
         # per ν one coupling matrix (n_monomials, X_ν), the outputs' (2L+1)·paths side by side
@@ -180,7 +182,7 @@ class SymmetricContraction(torch.nn.Module):
     def forward(self, features: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
         couplings = [getattr(self, f"u_{nu}") for nu in range(1, self.correlation + 1)]
         values = _path_values(features, couplings)  # [(M, C, X_ν)]
-        outputs = {str(ir): 0.0 for _, ir in self.irreps_out}
+        outputs = dict.fromkeys(self._output_names, 0.0)
         for nu, layout in self._layout.items():
             for name, offset, dim, n_paths in layout:
                 paths = values[nu - 1][..., offset : offset + dim * n_paths]
@@ -193,15 +195,21 @@ class SymmetricContraction(torch.nn.Module):
         return f"{self.irreps_in} -> {self.irreps_out}, correlation={self.correlation}"
 
 
-def channel_layout(x: torch.Tensor, irreps: o3.Irreps, channels: int) -> torch.Tensor:
-    """e3nn layout (M, Σ mul·dim) with every mul == channels → (M, channels, Σ dim)."""
-    blocks = [
-        x[:, sl].reshape(-1, channels, ir.dim) for (mul, ir), sl in zip(irreps, irreps.slices(), strict=True)
-    ]
-    return torch.cat(blocks, dim=-1)
+def irrep_blocks(irreps: o3.Irreps) -> tuple[tuple[int, int, int], ...]:
+    """(start, stop, irrep dim) of each block of ``irreps`` in e3nn's layout: plain integers,
+    which ``torch.compile`` can guard on (e3nn's ``Irrep`` cannot be measured by dynamo)."""
+    return tuple((sl.start, sl.stop, ir.dim) for (_, ir), sl in zip(irreps, irreps.slices(), strict=True))
 
 
-def e3nn_layout(x: torch.Tensor, irreps_per_channel: o3.Irreps) -> torch.Tensor:
-    """(M, channels, Σ dim) → e3nn layout (M, channels·Σ dim) of "channels x ir + …"."""
-    blocks = [x[:, :, sl].reshape(x.shape[0], -1) for sl in irreps_per_channel.slices()]
-    return torch.cat(blocks, dim=-1)
+def channel_layout(x: torch.Tensor, blocks: Sequence[tuple[int, int, int]], channels: int) -> torch.Tensor:
+    """e3nn layout (M, Σ mul·dim) with every mul == channels → (M, channels, Σ dim);
+    ``blocks`` from :func:`irrep_blocks`."""
+    return torch.cat([x[:, start:stop].reshape(-1, channels, dim) for start, stop, dim in blocks], dim=-1)
+
+
+def e3nn_layout(x: torch.Tensor, blocks_per_channel: Sequence[tuple[int, int, int]]) -> torch.Tensor:
+    """(M, channels, Σ dim) → e3nn layout (M, channels·Σ dim) of "channels x ir + …";
+    ``blocks_per_channel`` from :func:`irrep_blocks` of one channel's irreps."""
+    return torch.cat(
+        [x[:, :, start:stop].reshape(x.shape[0], -1) for start, stop, _ in blocks_per_channel], dim=-1
+    )

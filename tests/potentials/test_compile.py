@@ -24,8 +24,9 @@ ELEMENTS = torch.tensor([8, 1, 1, 6, 1, 7, 1, 8])
 
 
 @pytest.mark.slow
-def test_compiled_and_eager_tensornet_agree():
-    model = MODELS["tensornet"](r_max=0.3).bind(ELEMENTS)
+@pytest.mark.parametrize("kind", ["tensornet", "mace"])
+def test_compiled_and_eager_models_agree(kind):
+    model = MODELS[kind](r_max=0.3).bind(ELEMENTS)
     x = torch.stack([random_structure(8, 0.5, seed=40 + k) for k in range(2)])
     compiled = copy.deepcopy(model).use_compile(backend="aot_eager")
     for shift in (0.0, 0.01):  # moved atoms (other edge count) reuse the dynamic-shape code
@@ -48,8 +49,3 @@ def test_use_compile_is_off_by_default_and_can_be_switched_off():
     assert model._compile_options == {"dynamic": True, "mode": "max-autotune"}
     model.use_compile(False)
     assert model._network(create_graph=False) == model._atom_energies
-
-
-def test_mace_refuses_to_compile_with_the_reason():
-    with pytest.raises(NotImplementedError, match="e3nn"):
-        MODELS["mace"]().use_compile()
