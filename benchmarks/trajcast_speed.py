@@ -11,11 +11,14 @@ smoke-run model can blow up), and its rollout starts at 1 % of the thermal veloc
 thermostat with τ = 10⁶ ps, so its nearly free flight cannot push atoms onto each other:
 the cost of a step does not depend on these values, so speed is what is measured.
 Every run starts from a state equilibrated with the reference potential. Timings are medians of round-robin repeats (``median_rates`` of md_speed.py).
+``--compile`` adds the forecaster and the MACE run through ``torch.compile`` (compiled during the
+warm-up, which is not timed; MACE's forces take minutes to compile on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -67,7 +70,7 @@ def similar_mace(model: TrajCast, system) -> MACE:
     return mace.bind(system.atomic_numbers, system.pbc)
 
 
-def runners(name: str, model: TrajCast, n_forecast: int) -> tuple[dict, dict]:
+def runners(name: str, model: TrajCast, n_forecast: int, compile: bool = False) -> tuple[dict, dict]:
     settings = recipes.recipe(name)
     system, state, potential = recipes.build(name, seed=1)
     state = recipes.equilibrate(name, system, state, potential, seed=1)  # a liquid, not the fcc start
@@ -80,11 +83,14 @@ def runners(name: str, model: TrajCast, n_forecast: int) -> tuple[dict, dict]:
     # pushes liquid atoms onto each other within a ps and makes the timed steps non-finite
     slow = state.replace(velocities=0.01 * state.velocities).to(dtype=torch.float32)
 
-    def forecast(n: int) -> None:
-        holder["f"] = rollout(
-            model, system, holder.get("f", slow), n, temperature=settings.temperature, thermostat_time=1e6,
-            generator=1, progress=False, guard=None,
-        )  # fmt: skip
+    def forecast_with(forecaster: TrajCast, key: str):
+        def forecast(n: int) -> None:
+            holder[key] = rollout(
+                forecaster, system, holder.get(key, slow), n, temperature=settings.temperature,
+                thermostat_time=1e6, generator=1, progress=False, guard=None,
+            )  # fmt: skip
+
+        return forecast
 
     if settings.data_friction > 0:
         reference = LangevinBAOAB(potential, system.masses, settings.timestep, settings.temperature, 1.0, 1)
@@ -95,24 +101,32 @@ def runners(name: str, model: TrajCast, n_forecast: int) -> tuple[dict, dict]:
         holder["r"] = simulate(reference, holder.get("r", state), n, progress=False, guard=None)
 
     mace = similar_mace(model, system)
-    mace_md_integrator = LangevinBAOAB(mace, system.masses, settings.timestep, settings.temperature, 1.0, 1)
 
-    def mace_md(n: int) -> None:
-        holder["m"] = simulate(
-            mace_md_integrator, holder.get("m", state.to(dtype=torch.float32)), n, progress=False, guard=None,
-            engine="torch",
-        )  # fmt: skip
+    def mace_md_with(network: MACE, key: str):
+        integrator = LangevinBAOAB(network, system.masses, settings.timestep, settings.temperature, 1.0, 1)
+
+        def mace_md(n: int) -> None:
+            holder[key] = simulate(
+                integrator, holder.get(key, state.to(dtype=torch.float32)), n, progress=False, guard=None,
+                engine="torch",
+            )  # fmt: skip
+
+        return mace_md
 
     n_mace = max(INTERVAL_STEPS, md_steps // 10)
     runs = {
-        "TrajCast forecaster": (forecast, n_forecast),
+        "TrajCast forecaster": (forecast_with(model, "f"), n_forecast),
         "MD, reference potential": (reference_md, md_steps),
-        "MD, MACE of similar size": (mace_md, n_mace),
+        "MD, MACE of similar size": (mace_md_with(mace, "m"), n_mace),
     }
+    if compile:
+        runs["TrajCast forecaster, compiled"] = (
+            forecast_with(copy.deepcopy(model).use_compile(), "fc"),
+            n_forecast,
+        )
+        runs["MD, MACE, compiled"] = (mace_md_with(copy.deepcopy(mace).use_compile(), "mc"), n_mace)
     ps_per_step = {
-        "TrajCast forecaster": model.interval,
-        "MD, reference potential": settings.timestep,
-        "MD, MACE of similar size": settings.timestep,
+        label: model.interval if label.startswith("TrajCast") else settings.timestep for label in runs
     }
     sizes = {
         "forecaster_parameters": sum(p.numel() for p in model.parameters()),
@@ -135,6 +149,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--models", type=Path, help="output folder of examples/trajcast_forecast.py")
     parser.add_argument("--forecast-steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd networks")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     report, results = {}, {}
@@ -142,7 +157,7 @@ def main(argv=None) -> dict:
         report = json.loads((args.models / "report.json").read_text())
     for name, key in (("lennard_jones_fluid", "lennard_jones"), ("alanine_dipeptide", "alanine_dipeptide")):
         model = forecaster_for(name, args.models)
-        runs, info = runners(name, model, args.forecast_steps)
+        runs, info = runners(name, model, args.forecast_steps, args.compile)
         rates = median_rates(runs, args.repeats)  # steps/s
         ps = {k: rates[k] * info["ps_per_step"][k] for k in rates}
         settings = recipes.recipe(name)
@@ -154,7 +169,7 @@ def main(argv=None) -> dict:
         )
         for label, value in ps.items():
             print(
-                f"{label:28s} {value:9.3f} ps/s  ({rates[label]:8.1f} steps/s)   "
+                f"{label:30s} {value:9.3f} ps/s  ({rates[label]:8.1f} steps/s)   "
                 f"forecaster / this = {ps['TrajCast forecaster'] / value:6.2f}"
             )
         if key in report:

@@ -347,6 +347,8 @@ class ForecastTrainingConfig:
     grad_clip : gradient-norm clip (0: off)
     dtype : model and data dtype
     seed : seeds initial weights and window sampling
+    compile : run the network through ``torch.compile`` (:meth:`TrajCast.use_compile`; the
+        model keeps it for rollouts); on CPU a training step takes about half the time
     """
 
     lag: int = 1
@@ -365,6 +367,7 @@ class ForecastTrainingConfig:
     dtype: torch.dtype = torch.float32
     seed: int = 0
     progress: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("lag", "rollout_steps", "batch_size", "max_steps", "val_every", "val_windows"):
@@ -494,6 +497,8 @@ def train_forecaster(
     rank, world = rank_and_world_size() if distributed else (0, 1)
     torch.manual_seed(config.seed)
     model.to(config.dtype)
+    if config.compile and not model.compiled:  # options given to use_compile stay
+        model.use_compile()
     scales = fit_scales(model, train_data, config.lag) if fit else {}
     if world > 1:
         model.load_state_dict(broadcast_from_root(model.state_dict()))
