@@ -88,11 +88,10 @@ class MACELayer(torch.nn.Module):
         self.conv = copy.deepcopy(conv)
         self.register_load_state_dict_pre_hook(_match_generated_constants)
         self.radial = RadialMLP([n_radial, *radial_hidden, self.conv.weight_numel])
-        self.irreps_atomic = o3.Irreps([(channels, ir) for _, ir in irreps_sh])
-        self.linear_message = o3.Linear(o3.Irreps(mid), self.irreps_atomic)
+        irreps_atomic = o3.Irreps([(channels, ir) for _, ir in irreps_sh])
+        self.linear_message = o3.Linear(o3.Irreps(mid), irreps_atomic)
         out_per_channel = o3.Irreps([(1, ir) for _, ir in irreps_out])
-        self.out_per_channel = out_per_channel
-        self._atomic_blocks = irrep_blocks(self.irreps_atomic)
+        self._atomic_blocks = irrep_blocks(irreps_atomic)  # plain integers: compilable
         self._out_blocks = irrep_blocks(out_per_channel)
         self.product = SymmetricContraction(
             str(o3.Irreps([(1, ir) for _, ir in irreps_sh])),
