@@ -13,8 +13,13 @@ On a GPU the bound (MD) path keeps host round-trips out of the step: the walkers
 indices are cached on the device, and edges the Verlet skin adds beyond r_max are kept and
 contribute exactly zero (the radial envelope vanishes there) instead of being dropped with a
 data-dependent ``nonzero``. What remains is one small sync per step for the skin check of the
-neighbour cache, and none with ``skin=math.inf`` (all pairs; isolated molecules). :meth:`GraphPotential.use_compile` runs the network through
-``torch.compile`` for MD and inference.
+neighbour cache, and none with ``skin=math.inf`` (all pairs; isolated molecules).
+
+``use_compile()`` (:class:`~molsamp.compilation.LazyCompile`) runs the network through
+``torch.compile`` where no second derivative is needed: MD, sampling and inference
+(``energy_and_forces``, ``energy_forces_stress``, ``predict`` without ``create_graph``).
+Training (forces in the loss) stays eager, since compiled graphs do not support double
+backward.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Sequence
 import torch
 from e3nn import o3
 
+from molsamp.compilation import LazyCompile
 from molsamp.potentials.base import Potential
 from molsamp.potentials.blocks import scatter_sum
 from molsamp.potentials.neighbors import NeighborCache, PairList, edge_vectors, neighbor_pairs
@@ -78,7 +84,7 @@ def element_indices(lookup: torch.Tensor, elements: Sequence[int], atomic_number
     return s
 
 
-class GraphPotential(Potential):
+class GraphPotential(LazyCompile, Potential):
     """Shared machinery of MACE and TensorNet; subclasses implement ``_atom_energies``.
 
     Periodic or not: a cell passed to ``energy`` is used (``accepts_cell``), None means an
@@ -123,33 +129,16 @@ class GraphPotential(Potential):
         self._bound: torch.Tensor | None = None
         self._pbc: tuple[bool, bool, bool] = (True, True, True)
         self._walker_cache: dict = {}
-        self._compile_options: dict | None = None
-        self._compiled = None
         self.register_load_state_dict_post_hook(lambda module, _: module._refresh_constants())
 
     def __getstate__(self):
-        # a compiled network is rebuilt on first use (compiled code does not deep-copy/pickle)
-        state = dict(self.__dict__)
-        state["_compiled"] = None
+        state = super().__getstate__()  # without the compiled network
         state["_walker_cache"] = {}
         return state
 
-    def use_compile(self, enabled: bool = True, **options) -> GraphPotential:
-        """Run the network through ``torch.compile(**options)`` (default ``dynamic=True``: edge
-        counts change as atoms move) where no second derivative is needed: MD, sampling and
-        inference (``energy_and_forces``, ``energy_forces_stress``, ``predict`` without
-        ``create_graph``). Training (forces in the loss) stays eager, since compiled graphs do
-        not support double backward. Compilation happens on the first call; returns self."""
-        self._compile_options = {"dynamic": True, **options} if enabled else None
-        self._compiled = None
-        return self
-
     def _network(self, create_graph: bool):
-        if self._compile_options is None or create_graph:
-            return self._atom_energies
-        if self._compiled is None:
-            self._compiled = torch.compile(self._atom_energies, **self._compile_options)
-        return self._compiled
+        # compiled graphs do not support double backward: training (forces in the loss) runs eager
+        return self._atom_energies if create_graph else self._compiled_or_eager(self._atom_energies)
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)

@@ -60,7 +60,7 @@ def test_compiled_forecast_and_gradients_equal_the_eager_ones():
     assert compiled._compiled is not None
     twin = copy.deepcopy(compiled)  # compiled code is not copied; the copy compiles its own
     assert twin._compiled is None and twin._compile_options == {"dynamic": True, "backend": "aot_eager"}
-    assert compiled.use_compile(False)._network() == compiled._residuals
+    assert compiled.use_compile(False)._compiled_or_eager(compiled._residuals) == compiled._residuals
 
 
 def test_inductor_compiled_forecast_equals_the_eager_one():

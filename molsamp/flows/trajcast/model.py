@@ -27,6 +27,7 @@ import torch
 from e3nn import o3
 
 import molsamp
+from molsamp.compilation import LazyCompile
 from molsamp.flows.trajcast.physics import conserve
 from molsamp.potentials.blocks import RadialEmbedding
 from molsamp.potentials.graph import _MAX_Z, element_indices, element_lookup, refresh_exact_constants
@@ -37,7 +38,7 @@ from molsamp.potentials.serialization import load_plain_data, save_plain_data
 FORMAT = "molsamp-trajcast-1"
 
 
-class TrajCast(torch.nn.Module):
+class TrajCast(LazyCompile, torch.nn.Module):
     """Autoregressive forecaster of (Δx, v') over the interval Δt = ``interval`` ps.
 
     Parameters
@@ -62,6 +63,10 @@ class TrajCast(torch.nn.Module):
         divided by it)
     velocity_noise : (n_elements,) nm/ps, standard deviation of the Gaussian noise a rollout
         adds to the forecast velocities (``fit_velocity_noise``; zero until fitted)
+
+    ``use_compile()`` (:class:`~molsamp.compilation.LazyCompile`) runs the network (everything
+    after the neighbour search) through ``torch.compile`` in training and rollouts alike; it
+    compiles once per grad mode.
     """
 
     def __init__(
@@ -149,39 +154,8 @@ class TrajCast(torch.nn.Module):
             "avg_num_neighbors", torch.full((), 10.0, dtype=default)
         )  # set from data by fit_scales
         self.register_load_state_dict_post_hook(lambda module, _: refresh_exact_constants(module))
-        self._compile_options: dict | None = None
-        self._compiled = None
         if dtype is not None:
             self.to(dtype)
-
-    def __getstate__(self):
-        # compiled code does not deep-copy or pickle: a copy (the training's weight average)
-        # compiles its own network on first use
-        state = dict(self.__dict__)
-        state["_compiled"] = None
-        return state
-
-    def use_compile(self, enabled: bool = True, **options) -> TrajCast:
-        """Run the network (everything after the neighbour search) through
-        ``torch.compile(**options)``, default ``dynamic=True`` (edge and walker counts change),
-        in training and in rollouts alike. Compilation happens on the first call (seconds to
-        minutes, once per grad mode); the results equal the eager network's to rounding.
-        Returns self."""
-        self._compile_options = {"dynamic": True, **options} if enabled else None
-        self._compiled = None
-        return self
-
-    @property
-    def compiled(self) -> bool:
-        """Whether the network runs through ``torch.compile`` (:meth:`use_compile`)."""
-        return self._compile_options is not None
-
-    def _network(self):
-        if self._compile_options is None:
-            return self._residuals
-        if self._compiled is None:
-            self._compiled = torch.compile(self._residuals, **self._compile_options)
-        return self._compiled
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
@@ -252,7 +226,9 @@ class TrajCast(torch.nn.Module):
             approach_rate = 3.0 * torch.tanh(
                 approach_rate / 3.0
             )  # bounded: rare fast collisions stay in range
-        y = self._network()(species, scaled_v, pairs.edge_index, vectors, approach_rate)
+        y = self._compiled_or_eager(self._residuals)(
+            species, scaled_v, pairs.edge_index, vectors, approach_rate
+        )
         displacement = flat_v * self.interval + self.displacement_scale[species][:, None] * y[:, 0]
         new_velocities = flat_v + self.velocity_scale[species][:, None] * y[:, 1]
         shape = positions.shape
