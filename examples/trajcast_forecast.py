@@ -147,6 +147,7 @@ def training_summary(settings, dt: float, result, timings: dict, data) -> dict:
             "steps": result.steps,
             "seconds": result.seconds,
             "md_data_seconds": timings["md_data_s"],
+            "restart_window_share": timings.get("restart_window_share"),
             "frames": int(data.positions.shape[0] * data.positions.shape[1]),
             "history": result.history,
         },
@@ -331,6 +332,7 @@ def alanine_study(
     lr: float | None = None,
     calibration_steps: int = 1000,
     compile: bool = False,
+    restart_share: float | None = None,
 ) -> dict | None:
     from molsamp.analysis import free_energy_2d
     from molsamp.flows.ramachandran import phi_psi
@@ -350,6 +352,7 @@ def alanine_study(
         rollout_steps=rollout_steps,
         restarts=restarts,
         restart_noise=restart_noise,
+        restart_share=restart_share,
         rollout_restarts=rollout_restarts,
         channels=channels,
         distributed=distributed,
@@ -515,6 +518,11 @@ def main(argv=None) -> dict:
         help="largest position noise (nm) of the strained restarts",
     )
     parser.add_argument(
+        "--alanine-restart-share",
+        type=float,
+        help="fraction of training windows drawn from the strained restarts (default: by their number)",
+    )
+    parser.add_argument(
         "--alanine-rollout-restarts",
         type=int,
         default=0,
@@ -569,6 +577,7 @@ def main(argv=None) -> dict:
             0.02 if args.quick else 1.2, 4, args.seed, args.alanine_rollout_steps, args.alanine_restarts,
             args.alanine_restart_noise, args.alanine_rollout_restarts, args.alanine_channels, world > 1,
             args.alanine_walkers, args.alanine_lr, 50 if args.quick else 1000, not args.no_compile,
+            restart_share=args.alanine_restart_share,
         )  # fmt: skip
     if rank != 0:
         return {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -518,6 +519,62 @@ def test_training_skips_a_non_finite_window_instead_of_poisoning_the_weights():
     assert math.isfinite(result.best_val_loss)
 
 
+def test_with_share_draws_that_share_of_windows_from_the_extra_segments():
+    """Strained restarts drawn as a set share of the windows, whatever their number; the weights
+    survive chunking, splitting and a later join of unweighted (DAgger) segments, which weigh
+    as much as an MD segment."""
+    from molsamp.flows.trajcast import join, perturbed_restarts, with_share
+
+    data, verlet, _ = _triangle_data()
+    main = data.chunks(20)  # 16 segments
+    strained = perturbed_restarts(verlet, data, 12, 20, 2, 0.01, seed=1)
+    mixed = with_share(main, strained, 0.1)
+    windows = mixed.windows(lag=2, rollout_steps=2)
+    drawn = mixed.draw_windows(windows, 20_000, torch.Generator().manual_seed(3))
+    share = (drawn[:, 0] >= 16).double().mean().item()
+    assert abs(share - 0.1) < 4 * math.sqrt(0.1 * 0.9 / 20_000), share
+    uniform = join([main, strained]).draw_windows(windows, 20_000, torch.Generator().manual_seed(3))
+    assert abs((uniform[:, 0] >= 16).double().mean().item() - 12 / 28) < 0.02  # by number
+    train, _ = mixed.split(0.25)
+    torch.testing.assert_close(train.segment_weights, mixed.segment_weights)
+    halves = mixed.chunks(10).segment_weights
+    torch.testing.assert_close(halves, mixed.segment_weights.repeat_interleave(2))
+    dagger = perturbed_restarts(verlet, data, 2, 20, 2, 0.0, seed=4)
+    later = join([mixed, dagger])
+    torch.testing.assert_close(later.segment_weights[-2:], torch.ones(2, dtype=later.segment_weights.dtype))
+    with pytest.raises(ValueError, match="share must be in"):
+        with_share(main, strained, 1.0)
+    with pytest.raises(ValueError, match="segment_weights must be"):
+        TrajectoryData(main.system, main.positions, main.velocities, main.frame_time, torch.zeros(16))
+
+
+def test_training_never_draws_a_segment_of_weight_zero():
+    """The corrupt segment that made the test above skip steps is never drawn at weight 0, and
+    the normalisation is fitted on the segments training draws."""
+    data, _, _ = _triangle_data(walkers=4, n_frames=20)
+    velocities = data.velocities.clone()
+    velocities[0] = float("nan")
+    weights = torch.tensor([0.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    corrupt = TrajectoryData(data.system, data.positions, velocities, data.frame_time, weights)
+    model = TrajCast([1, 8], 0.005, r_max=0.3, channels=4, max_ell=2, dtype=torch.float64)
+    fit_on = TrajectoryData(data.system, data.positions[1:], data.velocities[1:], data.frame_time)
+    expected = fit_scales(model, fit_on, lag=5)
+    got = fit_scales(model, corrupt, lag=5)
+    for name in ("displacement_scale_nm", "velocity_scale_nm_per_ps", "input_velocity_scale_nm_per_ps"):
+        torch.testing.assert_close(torch.tensor(got[name]), torch.tensor(expected[name]))
+    twice = replace(corrupt, segment_weights=torch.tensor([0.0, 2.0, 1.0, 1.0], dtype=torch.float64))
+    doubled = replace(data, positions=data.positions[[1, 1, 2, 3]], velocities=data.velocities[[1, 1, 2, 3]])
+    torch.testing.assert_close(
+        torch.tensor(fit_scales(model, twice, 5)["velocity_scale_nm_per_ps"]),
+        torch.tensor(fit_scales(model, doubled, 5)["velocity_scale_nm_per_ps"]),
+    )
+    fit_scales(model, fit_on, lag=5)
+    config = ForecastTrainingConfig(lag=5, batch_size=2, max_steps=40, val_every=40, progress=False,
+                                    dtype=torch.float64)  # fmt: skip
+    result = train_forecaster(model, corrupt, fit_on, config, fit=False)
+    assert result.history[-1]["skipped_non_finite_steps"] == 0
+
+
 def test_a_diverging_rollout_still_trains_on_the_steps_before_it():
     """Float32 and σ_v × 10⁶: the second step of every two-step training window overflows.
     Skipping such windows would leave the weights where they are for ever; training on the
@@ -565,10 +622,13 @@ def test_cli_forecast_train_then_rollout(tmp_path, capsys):
         "0.03",
     ]
     args += ["--md-ps", "1", "--walkers", "1", "--channels", "4", "--quiet"]
+    args += ["--restarts", "2", "--restart-noise", "0.005", "--restart-share", "0.25"]
     assert main(args) == 0
     assert (model_dir / "model.pt").is_file() and (model_dir / "training.json").is_file()
+    report = json.loads((model_dir / "training.json").read_text())
+    assert report["timings"]["restart_window_share"] == pytest.approx(0.25)  # 2 restarts, 4 MD segments
     # without --lr the dipeptide trains at its recipe's learning rate and weight average
-    config = json.loads((model_dir / "training.json").read_text())["config"]
+    config = report["config"]
     assert config["lr"] == recipes.recipe("alanine_dipeptide").learning_rate == 6e-3
     assert config["ema_decay"] == recipes.recipe("alanine_dipeptide").ema_decay == 0.999
     # a 2-second model (its steps depend on the machine's speed) is not a stable forecaster:

@@ -8,7 +8,8 @@ networks", 2025).
 * :mod:`~molsamp.flows.trajcast.physics` — conservation layer, wrapping,
   :class:`StochasticVelocityRescaling` (Bussi–Donadio–Parrinello) and the per-atom
   :class:`LocalLangevinThermostat`.
-* :func:`train_forecaster` on :class:`TrajectoryData` (MD pairs at lag k·δt, multi-step loss).
+* :func:`train_forecaster` on :class:`TrajectoryData` (MD pairs at lag k·δt, multi-step loss);
+  :func:`with_share` sets the share of training windows drawn from extra (restarted) segments.
 * :func:`rollout` — the driver, with molsamp reporters, checkpoints and guard.
 * :func:`calibrate_velocity_noise` — the rollout's velocity noise, set on its own rollouts so
   that a weak per-atom thermostat holds every element at the temperature.
@@ -39,6 +40,7 @@ from molsamp.flows.trajcast.training import (
     rollout_restarts,
     train_forecaster,
     window_loss,
+    with_share,
 )
 
 __all__ = [
@@ -69,5 +71,6 @@ __all__ = [
     "split_motion",
     "train_forecaster",
     "window_loss",
+    "with_share",
     "wrap_positions",
 ]

@@ -39,6 +39,11 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
         "--restart-noise", type=float, default=0.005, help="largest position noise of --restarts, nm"
     )
     train.add_argument(
+        "--restart-share",
+        type=float,
+        help="fraction of training windows drawn from the --restarts segments (default: by their number)",
+    )
+    train.add_argument(
         "--rollout-restarts",
         type=int,
         default=0,
@@ -98,8 +103,8 @@ def train_model(
     system_name: str, minutes: float, md_ps: float, walkers: int, interval_steps: int, stride: int,
     rollout_steps: int = 1, channels: int = 16, batch_size: int = 4, lr: float | None = None, seed: int = 0,
     progress: bool = True, restarts: int = 0, restart_frames: int = 100, restart_noise: float = 0.005,
-    rollout_restarts: int = 0, rollout_restart_steps: int = 200, first_phase: float = 0.6,
-    distributed: bool = False, compile: bool = False,
+    restart_share: float | None = None, rollout_restarts: int = 0, rollout_restart_steps: int = 200,
+    first_phase: float = 0.6, distributed: bool = False, compile: bool = False,
 ) -> tuple:  # fmt: skip
     """Equilibrate, record MD, train. Returns (model, result, data, final MD state, timings).
     ``lr`` None takes the recipe's learning rate.
@@ -111,8 +116,9 @@ def train_model(
 
     With ``restarts`` > 0 the training part (not the validation part) also gets that many
     segments of ``restart_frames`` frames of reference MD restarted from training frames with
-    positions displaced by up to ``restart_noise`` nm (``training.perturbed_restarts``). With
-    ``rollout_restarts`` > 0, training stops after ``first_phase`` of the budget, MD restarted
+    positions displaced by up to ``restart_noise`` nm (``training.perturbed_restarts``), drawn
+    by their number, or as ``restart_share`` of the training windows (``training.with_share``).
+    With ``rollout_restarts`` > 0, training stops after ``first_phase`` of the budget, MD restarted
     from the states ``rollout_restarts`` rollouts of ``rollout_restart_steps`` steps reach is
     added (``training.rollout_restarts``), and training goes on for the rest of the budget."""
     from molsamp.distributed import broadcast_from_root, rank_and_world_size
@@ -139,7 +145,15 @@ def train_model(
         data, extra, state = broadcast_from_root((data, extra, state))
     train_set, val_set = data.split(0.1)
     if extra is not None:
-        train_set = training.join([train_set.chunks(restart_frames), extra])
+        main = train_set.chunks(restart_frames)
+        train_set = (
+            training.join([main, extra])
+            if restart_share is None
+            else training.with_share(main, extra, restart_share)
+        )
+        weights = train_set.segment_weights
+        weights = torch.ones(train_set.positions.shape[0]) if weights is None else weights
+        timings["restart_window_share"] = float(weights[main.positions.shape[0] :].sum() / weights.sum())
     timings["md_data_s"] = time.perf_counter() - start
     model = TrajCast(
         system.atomic_numbers.unique().tolist(), interval_steps * settings.timestep, r_max=settings.r_max,
@@ -194,7 +208,8 @@ def _run_train(args: argparse.Namespace) -> None:
     model, result, _, state, timings = train_model(
         args.system, args.minutes, args.md_ps, args.walkers, args.interval_steps, args.stride,
         args.rollout_steps, args.channels, args.batch_size, args.lr, args.seed, not args.quiet,
-        restarts=args.restarts, restart_noise=args.restart_noise, rollout_restarts=args.rollout_restarts,
+        restarts=args.restarts, restart_noise=args.restart_noise, restart_share=args.restart_share,
+        rollout_restarts=args.rollout_restarts,
         distributed=world > 1, compile=args.compile,
     )  # fmt: skip
     if rank != 0:

@@ -25,7 +25,7 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -47,12 +47,15 @@ class TrajectoryData:
     system : the System (atomic numbers, masses, cell, pbc)
     positions, velocities : (S, T, N, 3) float64, nm and nm/ps: S segments of T frames each
     frame_time : ps between consecutive frames (stride × MD step)
+    segment_weights : (S,) relative probability with which training draws each segment's
+        windows (:func:`with_share`), or None: every window equally often
     """
 
     system: System
     positions: torch.Tensor
     velocities: torch.Tensor
     frame_time: float
+    segment_weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.positions.ndim != 4 or self.positions.shape != self.velocities.shape:
@@ -62,6 +65,15 @@ class TrajectoryData:
             )
         if self.positions.shape[2] != self.system.n_atoms:
             raise ValueError(f"frames have {self.positions.shape[2]} atoms, the system {self.system.n_atoms}")
+        w = self.segment_weights
+        if w is not None and (
+            w.shape != self.positions.shape[:1]
+            or not bool(torch.isfinite(w).all() and (w >= 0).all() and w.sum() > 0)
+        ):
+            raise ValueError(
+                f"segment_weights must be ({self.positions.shape[0]},), finite, >= 0 and not all 0, got "
+                f"{tuple(w.shape)} with sum {float(w.sum())}; pass None to draw every window equally often"
+            )
 
     def windows(self, lag: int, rollout_steps: int) -> torch.Tensor:
         """(W, 2) (segment, first frame) of every window of rollout_steps + 1 frames at ``lag``."""
@@ -74,18 +86,27 @@ class TrajectoryData:
         starts = torch.arange(n_frames - span)
         return torch.cartesian_prod(torch.arange(n_segments), starts)
 
+    def draw_windows(self, windows: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` of ``windows`` (W, 2), drawn with replacement: uniformly, or in proportion to
+        their segments' ``segment_weights``."""
+        if self.segment_weights is None:
+            return windows[torch.randint(len(windows), (n,), generator=generator)]
+        weights = self.segment_weights.double()[windows[:, 0]]
+        return windows[torch.multinomial(weights, n, replacement=True, generator=generator)]
+
     def split(self, val_fraction: float) -> tuple[TrajectoryData, TrajectoryData]:
         """Time-ordered split of every segment: the last ``val_fraction`` of frames validate."""
         n = self.positions.shape[1]
         cut = n - max(1, int(round(val_fraction * n)))
         return (
-            TrajectoryData(self.system, self.positions[:, :cut], self.velocities[:, :cut], self.frame_time),
-            TrajectoryData(self.system, self.positions[:, cut:], self.velocities[:, cut:], self.frame_time),
+            replace(self, positions=self.positions[:, :cut], velocities=self.velocities[:, :cut]),
+            replace(self, positions=self.positions[:, cut:], velocities=self.velocities[:, cut:]),
         )
 
     def chunks(self, n_frames: int) -> TrajectoryData:
         """Every segment cut into consecutive pieces of ``n_frames`` (a remainder is dropped);
-        windows that crossed a cut are lost, 1 in ``n_frames / span`` of them."""
+        windows that crossed a cut are lost, 1 in ``n_frames / span`` of them. A piece keeps its
+        segment's weight."""
         n_segments, n_total = self.positions.shape[:2]
         pieces = n_total // n_frames
         if pieces < 1:
@@ -94,11 +115,18 @@ class TrajectoryData:
         def cut(frames: torch.Tensor) -> torch.Tensor:
             return frames[:, : pieces * n_frames].reshape(n_segments * pieces, n_frames, *frames.shape[2:])
 
-        return TrajectoryData(self.system, cut(self.positions), cut(self.velocities), self.frame_time)
+        w = self.segment_weights
+        return replace(
+            self,
+            positions=cut(self.positions),
+            velocities=cut(self.velocities),
+            segment_weights=None if w is None else w.repeat_interleave(pieces),
+        )
 
 
 def join(parts: Sequence[TrajectoryData]) -> TrajectoryData:
-    """One data set from several of the same system, frame time and segment length."""
+    """One data set from several of the same system, frame time and segment length. If any
+    part has segment weights, a part without them weighs 1 per segment."""
     first = parts[0]
     for part in parts[1:]:
         if part.positions.shape[1:] != first.positions.shape[1:] or part.frame_time != first.frame_time:
@@ -106,12 +134,36 @@ def join(parts: Sequence[TrajectoryData]) -> TrajectoryData:
                 f"can only join segments of one length and frame time: {tuple(part.positions.shape[1:])} at "
                 f"{part.frame_time} ps vs {tuple(first.positions.shape[1:])} at {first.frame_time} ps"
             )
+    weights = None
+    if any(p.segment_weights is not None for p in parts):
+        weights = torch.cat(
+            [
+                p.positions.new_ones(p.positions.shape[0]) if p.segment_weights is None else p.segment_weights
+                for p in parts
+            ]
+        )
     return TrajectoryData(
         first.system,
         torch.cat([p.positions for p in parts]),
         torch.cat([p.velocities for p in parts]),
         first.frame_time,
+        weights,
     )
+
+
+def with_share(main: TrajectoryData, extra: TrajectoryData, share: float) -> TrajectoryData:
+    """``main`` and ``extra`` (segments of one length) joined, weighted so that training draws
+    the fraction ``share`` of its windows from ``extra``'s segments, whatever their numbers:
+    ``main``'s segments weigh 1 (as segments joined later without weights do), ``extra``'s
+    share / (1 − share) × S_main / S_extra. For strained restarts: drawn by their number
+    (hundreds of hot segments), they carry most of the loss."""
+    if not 0.0 < share < 1.0:
+        raise ValueError(f"share must be in (0, 1), got {share}")
+    n_main, n_extra = main.positions.shape[0], extra.positions.shape[0]
+    extra_weight = share / (1.0 - share) * n_main / n_extra
+    weights = torch.cat([torch.ones(n_main), torch.full((n_extra,), extra_weight)]).to(main.positions.dtype)
+    plain = [replace(part, segment_weights=None) for part in (main, extra)]
+    return replace(join(plain), segment_weights=weights)
 
 
 def _random_frames(
@@ -180,7 +232,8 @@ def fit_scales(model: TrajCast, data: TrajectoryData, lag: int) -> dict[str, lis
     """Set the model's per-element normalisation from data at lag ``lag`` frames.
 
     σ_x = RMS of Δx − vΔt, σ_v = RMS of v' − v, input scale = RMS of v (per element, over atoms
-    and axes); avg_num_neighbors = mean neighbour count within r_max.
+    and axes, segments weighted as training draws them: ``data.segment_weights``);
+    avg_num_neighbors = mean neighbour count within r_max.
     """
     if not math.isclose(lag * data.frame_time, model.interval, rel_tol=1e-6):
         raise ValueError(
@@ -193,9 +246,13 @@ def fit_scales(model: TrajCast, data: TrajectoryData, lag: int) -> dict[str, lis
     dx = minimum_image(x1 - x0, system.cell, system.pbc)
     species = model.species(system.atomic_numbers).cpu()
     n_el = len(model.elements)
+    n_segments = data.positions.shape[0]
+    weights = torch.ones(n_segments) if data.segment_weights is None else data.segment_weights
+    drawn = weights > 0  # segments training never draws do not count, even if not finite
+    weights = (weights[drawn] / weights.sum()).double()
 
-    def per_element(values: torch.Tensor) -> torch.Tensor:  # (..., N, 3) → (n_el,)
-        msq = values.square().mean(dim=(0, 1, 3))  # (N,)
+    def per_element(values: torch.Tensor) -> torch.Tensor:  # (S, T, N, 3) → (n_el,)
+        msq = weights @ values[drawn].double().square().mean(dim=(1, 3))  # (N,)
         out = torch.zeros(n_el, dtype=torch.float64).index_add_(0, species, msq)
         counts = torch.bincount(species, minlength=n_el).clamp_min(1)
         return (out / counts).sqrt().clamp_min(1e-8)
@@ -553,8 +610,8 @@ def train_forecaster(
         )
         for group in optimizer.param_groups:
             group["lr"] = lr_now
-        drawn = torch.randint(len(train_windows), (config.batch_size * world,), generator=generator)
-        chosen = train_windows[drawn[rank * config.batch_size : (rank + 1) * config.batch_size]]
+        drawn = train_data.draw_windows(train_windows, config.batch_size * world, generator)
+        chosen = drawn[rank * config.batch_size : (rank + 1) * config.batch_size]
         model.train()
         loss, per_step = window_loss(
             model, train_data, chosen, config.lag, weights, config.diverged_step_loss
