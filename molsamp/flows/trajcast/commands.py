@@ -146,14 +146,12 @@ def train_model(
     train_set, val_set = data.split(0.1)
     if extra is not None:
         main = train_set.chunks(restart_frames)
-        train_set = (
-            training.join([main, extra])
-            if restart_share is None
-            else training.with_share(main, extra, restart_share)
-        )
-        weights = train_set.segment_weights
-        weights = torch.ones(train_set.positions.shape[0]) if weights is None else weights
-        timings["restart_window_share"] = float(weights[main.positions.shape[0] :].sum() / weights.sum())
+        if restart_share is None:  # every segment holds as many windows: the share is the count's
+            train_set = training.join([main, extra])
+            restart_share = extra.positions.shape[0] / train_set.positions.shape[0]
+        else:
+            train_set = training.with_share(main, extra, restart_share)
+        timings["restart_window_share"] = restart_share
     timings["md_data_s"] = time.perf_counter() - start
     model = TrajCast(
         system.atomic_numbers.unique().tolist(), interval_steps * settings.timestep, r_max=settings.r_max,
