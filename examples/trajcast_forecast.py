@@ -283,23 +283,45 @@ def _kinetic_check(kinetic: np.ndarray, degrees_of_freedom: int, temperature: fl
         return {"skipped": f"{len(kinetic)} forecast frames: {error}"}
 
 
+def _basins(angles: np.ndarray) -> dict[str, np.ndarray]:
+    """Frame masks of the dipeptide's basins from (F, 2) φ/ψ in radians: C5 (φ < 0, ψ > 115° or
+    < −150°), C7eq (φ < 0, 30° ≤ ψ ≤ 115°), αR (φ < 0, −150° ≤ ψ < 30°) and φ ≥ 0 (αL, C7ax)."""
+    phi, psi = np.degrees(angles[:, 0]), np.degrees(angles[:, 1])
+    in_c5 = (phi < 0) & ((psi > 115.0) | (psi < -150.0))
+    in_c7eq = (phi < 0) & (psi >= 30.0) & (psi <= 115.0)
+    return {"C5": in_c5, "C7eq": in_c7eq, "alpha_R": (phi < 0) & ~in_c5 & ~in_c7eq, "phi_positive": phi >= 0}
+
+
+def _in_c5(angles: np.ndarray) -> np.ndarray:
+    """Frames in C5 (:func:`_basins`)."""
+    return _basins(angles)["C5"]
+
+
+def _basin_table(angles: dict[str, np.ndarray], energies: dict[str, np.ndarray]) -> dict:
+    """Per run (MD from the forecast's starts, the forecast), each basin's share of the frames
+    and the mean reference potential energy (kJ/mol) of its frames: where a population error
+    goes, and whether the frames there are strained."""
+    table = {}
+    for run, run_angles in angles.items():
+        table[run] = {}
+        for name, mask in _basins(run_angles).items():
+            energy = float(energies[run][mask].mean()) if mask.any() else None
+            table[run][name] = {"share": float(mask.mean()), "mean_energy_kJ_per_mol": energy}
+    return table
+
+
 def _c5_fractions(
     ref_angles: np.ndarray, same_angles: np.ndarray, forecast_angles: np.ndarray, walkers: int
 ) -> dict:
-    """Share of frames in C5 (φ < 0, ψ > 115° or < −150°) rather than C7eq, for long MD, for MD
-    from the forecast's starts and of its length, and for the forecast, also per walker: where
-    the forecast's φ/ψ bias shows, and how much one walker scatters (C5 ↔ C7eq crossings take
-    tens of ps)."""
-
-    def c5(angles: np.ndarray) -> np.ndarray:
-        phi, psi = np.degrees(angles[:, 0]), np.degrees(angles[:, 1])
-        return (phi < 0) & ((psi > 115.0) | (psi < -150.0))
-
-    per_walker = c5(forecast_angles).reshape(walkers, -1).mean(1)
+    """Share of frames in C5 rather than C7eq (:func:`_basins`), for long MD, for MD from the
+    forecast's starts and of its length, and for the forecast, also per walker: where the
+    forecast's φ/ψ bias shows, and how much one walker scatters (C5 ↔ C7eq crossings take tens
+    of ps)."""
+    per_walker = _in_c5(forecast_angles).reshape(walkers, -1).mean(1)
     return {
-        "md": float(c5(ref_angles).mean()),
-        "md_same_starts": float(c5(same_angles).mean()),
-        "md_same_starts_per_walker": c5(same_angles).reshape(walkers, -1).mean(1).round(3).tolist(),
+        "md": float(_in_c5(ref_angles).mean()),
+        "md_same_starts": float(_in_c5(same_angles).mean()),
+        "md_same_starts_per_walker": _in_c5(same_angles).reshape(walkers, -1).mean(1).round(3).tolist(),
         "forecast": float(per_walker.mean()),
         "forecast_per_walker": per_walker.round(3).tolist(),
     }
@@ -308,10 +330,9 @@ def _c5_fractions(
 def _basin_changes(angles: np.ndarray, walkers: int, frame_ps: float) -> float:
     """Median over walkers of C5 ↔ not-C5 changes per 100 ps, from frames every ``frame_ps``
     (walker-major (walkers × frames, 2) φ/ψ in radians): how fast a walker exchanges basins."""
-    phi, psi = np.degrees(angles[:, 0]), np.degrees(angles[:, 1])
-    c5 = ((phi < 0) & ((psi > 115.0) | (psi < -150.0))).reshape(walkers, -1)
-    changes = (np.diff(c5.astype(int), axis=1) != 0).sum(1)
-    return float(np.median(changes / (c5.shape[1] * frame_ps / 100.0)))
+    in_c5 = _in_c5(angles).reshape(walkers, -1)
+    changes = (np.diff(in_c5.astype(int), axis=1) != 0).sum(1)
+    return float(np.median(changes / (in_c5.shape[1] * frame_ps / 100.0)))
 
 
 def alanine_study(
@@ -333,6 +354,7 @@ def alanine_study(
     calibration_steps: int = 1000,
     compile: bool = False,
     restart_share: float | None = None,
+    max_ell: int | None = None,
 ) -> dict | None:
     from molsamp.analysis import free_energy_2d
     from molsamp.flows.ramachandran import phi_psi
@@ -358,6 +380,7 @@ def alanine_study(
         distributed=distributed,
         lr=lr,
         compile=compile,
+        max_ell=max_ell,
     )
     if rank_and_world_size()[0] != 0:
         return None
@@ -430,6 +453,10 @@ def alanine_study(
         e_md = potential.energy(
             ref_frames.reshape(-1, system.n_atoms, 3)[:: max(1, ref_frames.shape[1] * walkers // 1200)]
         ).numpy()
+        basin_energies = {
+            "md_same_starts": potential.energy(same_x.transpose(0, 1).reshape(-1, system.n_atoms, 3)).numpy(),
+            "forecast": potential.energy(f_frames.reshape(-1, system.n_atoms, 3)).numpy(),
+        }
     k_f = internal_kinetic(fx, fv, system.masses, True)
     n_dof = 3 * system.n_atoms - 6
 
@@ -468,6 +495,7 @@ def alanine_study(
         "phi_psi_bins": bins,
         "fraction_phi_positive": {"md": float((ref_angles[:, 0] > 0).mean()), "forecast": float((f_angles[:, 0] > 0).mean())},
         "fraction_c5": _c5_fractions(ref_angles, same, f_angles, rollout_walkers),
+        "basins": _basin_table({"md_same_starts": same, "forecast": f_angles}, basin_energies),
         "c5_c7eq_changes_per_100ps_median": {"md_same_starts": _basin_changes(same, rollout_walkers, 1.0),
                                              "forecast": _basin_changes(f_angles, rollout_walkers, frame_ps)},
         "velocity_noise": {"elements": [int(e) for e in model.elements], "fitted_on_md_nm_per_ps": fitted_noise,
@@ -502,6 +530,9 @@ def main(argv=None) -> dict:
         "--lj-md-ps", type=float, default=30.0, help="LJ training MD per walker (4 walkers), ps"
     )
     parser.add_argument("--alanine-channels", type=int, default=16, help="C of the dipeptide's forecaster")
+    parser.add_argument(
+        "--alanine-max-ell", type=int, help="l_max of the dipeptide's edge spherical harmonics (default: 2)"
+    )
     parser.add_argument(
         "--alanine-md-ps", type=float, default=60.0, help="alanine training MD per walker (4), ps"
     )
@@ -577,7 +608,7 @@ def main(argv=None) -> dict:
             0.02 if args.quick else 1.2, 4, args.seed, args.alanine_rollout_steps, args.alanine_restarts,
             args.alanine_restart_noise, args.alanine_rollout_restarts, args.alanine_channels, world > 1,
             args.alanine_walkers, args.alanine_lr, 50 if args.quick else 1000, not args.no_compile,
-            restart_share=args.alanine_restart_share,
+            restart_share=args.alanine_restart_share, max_ell=args.alanine_max_ell,
         )  # fmt: skip
     if rank != 0:
         return {}
@@ -615,6 +646,8 @@ def _summary(report: dict) -> dict:
             "js_md_half_vs_half": al["phi_psi_md_half_vs_half"]["js"],
             "fraction_phi_positive": al["fraction_phi_positive"],
             "fraction_c5": al["fraction_c5"],
+            "basin_shares": {run: {name: round(b["share"], 3) for name, b in basins.items()}
+                             for run, basins in al["basins"].items()},
             "T_forecast": [al["kinetic_forecast"].get(k) for k in ("temperature_mean_K", "temperature_std_K", "temperature_std_expected_K")],
             "K_mean_sigma_away": al["kinetic_forecast"].get("mean_sigma_away"),
             "K_var_relative_error": al["kinetic_forecast"].get("variance_relative_error"),

@@ -621,7 +621,7 @@ def test_cli_forecast_train_then_rollout(tmp_path, capsys):
         "--minutes",
         "0.03",
     ]
-    args += ["--md-ps", "1", "--walkers", "1", "--channels", "4", "--quiet"]
+    args += ["--md-ps", "1", "--walkers", "1", "--channels", "4", "--max-ell", "1", "--quiet"]
     args += ["--restarts", "2", "--restart-noise", "0.005", "--restart-share", "0.25"]
     assert main(args) == 0
     assert (model_dir / "model.pt").is_file() and (model_dir / "training.json").is_file()
@@ -634,6 +634,7 @@ def test_cli_forecast_train_then_rollout(tmp_path, capsys):
     # a 2-second model (its steps depend on the machine's speed) is not a stable forecaster:
     # make it the ballistic forecast (readouts zeroed) to test the rollout plumbing
     model, metadata = load_forecaster(model_dir / "model.pt")
+    assert model.hyperparameters()["max_ell"] == 1  # the recipe's is 2
     with torch.no_grad():
         for readout in model.readouts:
             readout.weight.zero_()

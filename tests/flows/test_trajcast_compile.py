@@ -9,6 +9,7 @@ is what training runs, and checks it to float64 rounding.
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -102,3 +103,47 @@ def test_compiled_training_takes_the_eager_training_steps():
     )
     for a, b in zip(compiled_model.state_dict().values(), eager_model.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_cli_compile_flags_reach_the_network(tmp_path, monkeypatch):
+    """``molsamp forecast train|rollout --compile`` run the forecaster's network through
+    ``torch.compile`` (recorded by a stand-in that returns the network uncompiled, so the test
+    costs no compilation); without the flag nothing is compiled."""
+    from molsamp.cli import main
+    from molsamp.flows.trajcast import load_forecaster, save_forecaster
+
+    compiled = []
+
+    def record(network, **options):
+        compiled.append(options)
+        return network
+
+    monkeypatch.setattr(torch, "compile", record)
+    model_dir = tmp_path / "model"
+    args = ["forecast", "train", "--system", "alanine_dipeptide", "--output", str(model_dir)]
+    args += [
+        "--minutes",
+        "0.02",
+        "--md-ps",
+        "0.5",
+        "--walkers",
+        "1",
+        "--channels",
+        "4",
+        "--quiet",
+        "--compile",
+    ]
+    assert main(args) == 0
+    assert compiled and all(options == {"dynamic": True} for options in compiled)
+    assert json.loads((model_dir / "training.json").read_text())["config"]["compile"] is True
+    model, metadata = load_forecaster(model_dir / "model.pt")
+    with torch.no_grad():  # the ballistic forecast: a seconds-old model is not stable
+        for readout in model.readouts:
+            readout.weight.zero_()
+    save_forecaster(model, model_dir / "model.pt", metadata)
+    rollout = ["forecast", "rollout", "--model", str(model_dir / "model.pt"), "--steps", "2", "--quiet"]
+    compiled.clear()
+    assert main([*rollout, "--output", str(tmp_path / "eager")]) == 0
+    assert compiled == []
+    assert main([*rollout, "--output", str(tmp_path / "compiled"), "--compile"]) == 0
+    assert compiled == [{"dynamic": True}]

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from .test_examples_slow import load
@@ -20,6 +21,11 @@ def test_trajcast_example_and_benchmark_smoke(tmp_path):
     assert len(c5["md_same_starts_per_walker"]) == 16 and math.isfinite(
         alanine["phi_psi_js_md_same_starts_and_length"]
     )
+    for run, basins in alanine["basins"].items():  # every frame in one basin; C5 as counted above
+        assert sum(b["share"] for b in basins.values()) == pytest.approx(1.0)
+        assert basins["C5"]["share"] == pytest.approx(
+            c5["forecast" if run == "forecast" else "md_same_starts"]
+        )
     assert json.loads((out / "report.json").read_text())["alanine_dipeptide"]["interval_multiple"] == 10
     for path in lj["plots"] + alanine["plots"]:
         assert path.endswith(".png")
@@ -28,6 +34,32 @@ def test_trajcast_example_and_benchmark_smoke(tmp_path):
     )
     for name in ("lennard_jones_fluid", "alanine_dipeptide"):
         assert all(rate > 0 for rate in rows[name]["ps_per_s"].values())
+
+
+def test_basin_table_assigns_every_frame_to_one_basin():
+    example = load("examples/trajcast_forecast.py")
+    degrees = np.array(
+        [
+            [-150, 155],
+            [-80, 116],
+            [-80, -151],
+            [-80, 70],
+            [-80, 114],
+            [-80, 31],
+            [-75, -20],
+            [-80, -149],
+            [60, 40],
+        ]
+    )  # C5 ×3, C7eq ×3, αR ×2, φ > 0; near the edges
+    energies = np.arange(len(degrees), dtype=float)
+    table = example._basin_table({"run": np.radians(degrees)}, {"run": energies})["run"]
+    assert {name: b["share"] * len(degrees) for name, b in table.items()} == pytest.approx(
+        {"C5": 3, "C7eq": 3, "alpha_R": 2, "phi_positive": 1}
+    )
+    assert table["C5"]["mean_energy_kJ_per_mol"] == pytest.approx(1.0)  # frames 0, 1, 2
+    assert table["alpha_R"]["mean_energy_kJ_per_mol"] == pytest.approx(6.5)
+    empty = example._basin_table({"run": np.radians(degrees[:1])}, {"run": energies[:1]})["run"]
+    assert empty["C7eq"] == {"share": 0.0, "mean_energy_kJ_per_mol": None}
 
 
 def test_speed_benchmark_reports_an_exploded_rollout_instead_of_failing():

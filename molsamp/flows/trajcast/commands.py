@@ -58,6 +58,11 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--channels", type=int, default=16)
     train.add_argument(
+        "--max-ell",
+        type=int,
+        help="l_max of the edge spherical harmonics (default: the system's: fluid 1, dipeptide 2)",
+    )
+    train.add_argument(
         "--batch-size", type=int, default=4, help="windows per step (per process under torchrun)"
     )
     train.add_argument(
@@ -104,10 +109,10 @@ def train_model(
     rollout_steps: int = 1, channels: int = 16, batch_size: int = 4, lr: float | None = None, seed: int = 0,
     progress: bool = True, restarts: int = 0, restart_frames: int = 100, restart_noise: float = 0.005,
     restart_share: float | None = None, rollout_restarts: int = 0, rollout_restart_steps: int = 200,
-    first_phase: float = 0.6, distributed: bool = False, compile: bool = False,
+    first_phase: float = 0.6, distributed: bool = False, compile: bool = False, max_ell: int | None = None,
 ) -> tuple:  # fmt: skip
     """Equilibrate, record MD, train. Returns (model, result, data, final MD state, timings).
-    ``lr`` None takes the recipe's learning rate.
+    ``lr`` and ``max_ell`` (of the edge spherical harmonics) None take the recipe's.
 
     With ``distributed=True`` under ``torchrun`` rank 0 runs the MD, every rank gets its data
     and training is data parallel (``training.train_forecaster``); every rank returns the
@@ -155,7 +160,7 @@ def train_model(
     timings["md_data_s"] = time.perf_counter() - start
     model = TrajCast(
         system.atomic_numbers.unique().tolist(), interval_steps * settings.timestep, r_max=settings.r_max,
-        channels=channels, max_ell=settings.max_ell,
+        channels=channels, max_ell=settings.max_ell if max_ell is None else max_ell,
     )  # fmt: skip
     config = training.ForecastTrainingConfig(
         lag=interval_steps // stride, rollout_steps=rollout_steps, batch_size=batch_size,
@@ -208,7 +213,7 @@ def _run_train(args: argparse.Namespace) -> None:
         args.rollout_steps, args.channels, args.batch_size, args.lr, args.seed, not args.quiet,
         restarts=args.restarts, restart_noise=args.restart_noise, restart_share=args.restart_share,
         rollout_restarts=args.rollout_restarts,
-        distributed=world > 1, compile=args.compile,
+        distributed=world > 1, compile=args.compile, max_ell=args.max_ell,
     )  # fmt: skip
     if rank != 0:
         return
