@@ -23,6 +23,7 @@ needs a C++ compiler and about two minutes of the training budget.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -32,7 +33,13 @@ import torch
 
 from molsamp.distributed import init_from_environment, rank_and_world_size
 from molsamp.flows.reweighting import effective_counts, half_vs_half_divergences, js_divergence
-from molsamp.flows.trajcast import FrameRecorder, recipes, rollout, save_forecaster
+from molsamp.flows.trajcast import (
+    FrameRecorder,
+    forecast_log_volume_change,
+    recipes,
+    rollout,
+    save_forecaster,
+)
 from molsamp.flows.trajcast.calibration import calibrate_velocity_noise
 from molsamp.flows.trajcast.commands import train_model
 from molsamp.flows.trajcast.observables import (
@@ -335,6 +342,22 @@ def _basin_changes(angles: np.ndarray, walkers: int, frame_ps: float) -> float:
     return float(np.median(changes / (in_c5.shape[1] * frame_ps / 100.0)))
 
 
+def _volume_change(model, system, positions, velocities, friction: float, n_states: int = 32) -> dict:
+    """Mean log|det J| of one forecast step (no noise or thermostat) at ``n_states`` MD states
+    spread over (F, B, N, 3) ``positions``/``velocities``, in float64, beside what the training
+    data's Langevin friction gives over the interval (−3Nγ·Δt; Hamiltonian flow: 0)."""
+    exact = copy.deepcopy(model).use_compile(False).double()
+    pick = torch.linspace(0, positions.shape[0] * positions.shape[1] - 1, n_states).long()
+    x, v = (t.flatten(0, 1)[pick] for t in (positions, velocities))
+    values = forecast_log_volume_change(exact, system, x, v).numpy()
+    return {
+        "mean": float(values.mean()),
+        "standard_error": float(values.std(ddof=1) / np.sqrt(len(values))),
+        "states": len(values),
+        "md_data_friction": -3 * system.n_atoms * friction * model.interval,
+    }
+
+
 def alanine_study(
     out: Path,
     minutes: float,
@@ -411,7 +434,7 @@ def alanine_study(
     # the rollout's length shows how far one run of that size lies from the long reference
     start_system, starts, _ = recipes.build(name, rollout_walkers, seed + 3)
     starts = recipes.equilibrate(name, start_system, starts, potential, seed + 3).replace(step=0, time=0.0)
-    same_x, _ = recipes.reference_md(
+    same_x, same_v = recipes.reference_md(
         name, system, starts, potential, max(1, round(n_steps * dt)), steps_per_ps, seed + 3
     )
     md_seconds = time.perf_counter() - t0
@@ -458,6 +481,7 @@ def alanine_study(
             "forecast": potential.energy(f_frames.reshape(-1, system.n_atoms, 3)).numpy(),
         }
     k_f = internal_kinetic(fx, fv, system.masses, True)
+    contraction = _volume_change(model, system, same_x, same_v, settings.data_friction)
     n_dof = 3 * system.n_atoms - 6
 
     plt = _plt()
@@ -498,6 +522,7 @@ def alanine_study(
         "basins": _basin_table({"md_same_starts": same, "forecast": f_angles}, basin_energies),
         "c5_c7eq_changes_per_100ps_median": {"md_same_starts": _basin_changes(same, rollout_walkers, 1.0),
                                              "forecast": _basin_changes(f_angles, rollout_walkers, frame_ps)},
+        "phase_space_log_volume_change_per_step": contraction,
         "velocity_noise": {"elements": [int(e) for e in model.elements], "fitted_on_md_nm_per_ps": fitted_noise,
                            **calibrated, "calibration_walkers": ALANINE_CALIBRATION_WALKERS, "seconds": calibration_seconds},
         "kinetic_forecast": _kinetic_check(k_f, n_dof, settings.temperature),
@@ -646,6 +671,7 @@ def _summary(report: dict) -> dict:
             "js_md_half_vs_half": al["phi_psi_md_half_vs_half"]["js"],
             "fraction_phi_positive": al["fraction_phi_positive"],
             "fraction_c5": al["fraction_c5"],
+            "log_volume_change_per_step": al["phase_space_log_volume_change_per_step"],
             "basin_shares": {run: {name: round(b["share"], 3) for name, b in basins.items()}
                              for run, basins in al["basins"].items()},
             "T_forecast": [al["kinetic_forecast"].get(k) for k in ("temperature_mean_K", "temperature_std_K", "temperature_std_expected_K")],

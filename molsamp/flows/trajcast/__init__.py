@@ -13,10 +13,13 @@ networks", 2025).
 * :func:`rollout` — the driver, with molsamp reporters, checkpoints and guard.
 * :func:`calibrate_velocity_noise` — the rollout's velocity noise, set on its own rollouts so
   that a weak per-atom thermostat holds every element at the temperature.
+* :func:`forecast_log_volume_change` — log|det J| of a forecast step (0 for Hamiltonian flow):
+  how much the learned map contracts phase space.
 """
 
 from molsamp.flows.trajcast.calibration import NoiseCalibration, calibrate_velocity_noise
 from molsamp.flows.trajcast.driver import ForecastIntegrator, FrameRecorder, UnknownEnergy, rollout
+from molsamp.flows.trajcast.liouville import forecast_log_volume_change, log_volume_change
 from molsamp.flows.trajcast.model import TrajCast, load_forecaster, save_forecaster
 from molsamp.flows.trajcast.physics import (
     LocalLangevinThermostat,
@@ -60,8 +63,10 @@ __all__ = [
     "conserve",
     "fit_scales",
     "fit_velocity_noise",
+    "forecast_log_volume_change",
     "join",
     "load_forecaster",
+    "log_volume_change",
     "minimum_image",
     "perturbed_restarts",
     "record_trajectory",
