@@ -8,8 +8,9 @@ fluid, per-atom Langevin for the dipeptide) → compare with reference MD:
   coefficient (Green–Kubo and MSD), kinetic-energy distribution vs the canonical gamma law,
   potential energy of forecast frames (reference LJ), stability;
 * alanine dipeptide (vacuum): φ/ψ JS divergence vs long MD of 16 walkers from fresh starts
-  (with MD from the same starts for the same length as the floor), kinetic energy vs
-  canonical, potential energy (Amber) of forecast frames, bond-length stability.
+  (with MD from the same starts for the same length as the floor), each basin's share and
+  Amber energy, kinetic energy vs canonical, potential energy (Amber) of forecast frames,
+  bond-length stability, and log|det J| of a forecast step (phase-space contraction).
 
 Writes ``OUTPUT/report.json`` and PNG plots. Run with one thread:
 ``OMP_NUM_THREADS=1 python examples/trajcast_forecast.py --output trajcast-example``
