@@ -15,3 +15,12 @@ def alanine_frames():
         state = simulate(langevin, state, 250, progress=False)
         frames.append(state.positions[0].clone())
     return system, torch.stack(frames)
+
+
+def make_ballistic(model):
+    """Zero a TrajCast's read-outs in place, so that it forecasts free flight (Δx = vΔt,
+    v' = v): a stable forecaster for tests of plumbing. Returns the model."""
+    with torch.no_grad():
+        for readout in model.readouts:
+            readout.weight.zero_()
+    return model

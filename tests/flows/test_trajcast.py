@@ -42,6 +42,7 @@ from molsamp.testing import assert_mean_close, mean_and_standard_error
 from molsamp.units import BOLTZMANN_KJ_PER_MOL_K
 
 from ..potentials.conftest import random_rotation, random_structure, triclinic_cell
+from .conftest import make_ballistic
 
 Z = torch.tensor([8, 1, 1, 6, 1, 7, 6, 8])
 MASSES = torch.tensor([16.0, 1.0, 1.0, 12.0, 1.0, 14.0, 12.0, 16.0], dtype=torch.float64)
@@ -635,10 +636,7 @@ def test_cli_forecast_train_then_rollout(tmp_path, capsys):
     # make it the ballistic forecast (readouts zeroed) to test the rollout plumbing
     model, metadata = load_forecaster(model_dir / "model.pt")
     assert model.hyperparameters()["max_ell"] == 1  # the recipe's is 2
-    with torch.no_grad():
-        for readout in model.readouts:
-            readout.weight.zero_()
-    save_forecaster(model, model_dir / "model.pt", metadata)
+    save_forecaster(make_ballistic(model), model_dir / "model.pt", metadata)
     args = ["forecast", "rollout", "--model", str(model_dir / "model.pt"), "--steps", "20"]
     args += ["--report-interval", "5", "--output", str(roll_dir), "--quiet"]
     assert main(args) == 0

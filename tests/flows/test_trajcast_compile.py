@@ -18,6 +18,7 @@ from molsamp.flows.trajcast import ForecastTrainingConfig, TrajCast, TrajectoryD
 from molsamp.system import System
 
 from ..potentials.conftest import random_structure
+from .conftest import make_ballistic
 
 Z = torch.tensor([8, 1, 1, 6, 1, 7, 6, 8])
 MASSES = torch.tensor([16.0, 1.0, 1.0, 12.0, 1.0, 14.0, 12.0, 16.0], dtype=torch.float64)
@@ -137,10 +138,8 @@ def test_cli_compile_flags_reach_the_network(tmp_path, monkeypatch):
     assert compiled and all(options == {"dynamic": True} for options in compiled)
     assert json.loads((model_dir / "training.json").read_text())["config"]["compile"] is True
     model, metadata = load_forecaster(model_dir / "model.pt")
-    with torch.no_grad():  # the ballistic forecast: a seconds-old model is not stable
-        for readout in model.readouts:
-            readout.weight.zero_()
-    save_forecaster(model, model_dir / "model.pt", metadata)
+    # a seconds-old model is not stable: roll out the ballistic forecast
+    save_forecaster(make_ballistic(model), model_dir / "model.pt", metadata)
     rollout = ["forecast", "rollout", "--model", str(model_dir / "model.pt"), "--steps", "2", "--quiet"]
     compiled.clear()
     assert main([*rollout, "--output", str(tmp_path / "eager")]) == 0

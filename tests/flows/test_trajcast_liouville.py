@@ -13,6 +13,7 @@ from molsamp.flows.trajcast.liouville import forecast_log_volume_change, log_vol
 from molsamp.system import System
 
 from ..potentials.conftest import random_structure
+from .conftest import make_ballistic
 
 Z = torch.tensor([8, 1, 1, 6, 1])
 MASSES = torch.tensor([16.0, 1.0, 1.0, 12.0, 1.0], dtype=torch.float64)
@@ -78,10 +79,7 @@ def test_trajcast_log_volume_change_matches_finite_differences():
 
 
 def test_ballistic_trajcast_keeps_the_volume():
-    model = TrajCast([1, 6, 8], 0.01, r_max=0.4, channels=4, dtype=torch.float64)
-    with torch.no_grad():
-        for readout in model.readouts:
-            readout.weight.zero_()  # Δx = vΔt, v' = v: free flight
+    model = make_ballistic(TrajCast([1, 6, 8], 0.01, r_max=0.4, channels=4, dtype=torch.float64))
     x, v = _states(2, seed=5)
     result = forecast_log_volume_change(model, System(Z, MASSES), x, v)
     assert result.abs().max() < 1e-9 and not math.isnan(float(result.sum()))
