@@ -4,7 +4,11 @@ the global batch.
 Each rank draws the same global batch of windows and takes its half; the averaged gradient is
 the global batch's (every rank's loss is a mean over the same number of windows). Rank 1 starts
 from other weights, so the test also fails if rank 0's weights are not broadcast first.
+Ranks whose time budgets differ (each computed from its own clock) still stop at one step.
 """
+
+import datetime
+import math
 
 import torch
 import torch.distributed as dist
@@ -15,7 +19,7 @@ from molsamp.flows.trajcast import ForecastTrainingConfig, TrajCast, train_forec
 from ..flows.test_trajcast import _triangle_data
 
 
-def _train(batch_size: int, distributed: bool, seed: int = 0):
+def _train(batch_size: int, distributed: bool, seed: int = 0, max_time_s: float = math.inf):
     data, _, _ = _triangle_data(walkers=6, n_frames=30)
     train, val = data.split(0.3)
     torch.manual_seed(seed)
@@ -23,7 +27,7 @@ def _train(batch_size: int, distributed: bool, seed: int = 0):
     # constant learning rate, no EMA, a step budget: every step is a plain Adam step
     config = ForecastTrainingConfig(
         lag=5, batch_size=batch_size, lr=1e-2, final_lr_factor=1.0, max_steps=5,
-        val_every=2, ema_decay=0.0, progress=False, dtype=torch.float64,
+        val_every=2, ema_decay=0.0, progress=False, dtype=torch.float64, max_time_s=max_time_s,
     )  # fmt: skip
     result = train_forecaster(model, train, val, config, distributed=distributed)
     return model.state_dict(), [h["val_loss"] for h in result.history], result.steps
@@ -53,3 +57,25 @@ def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
     # validation is sharded over the ranks and summed
     assert val0 == val1
     torch.testing.assert_close(torch.tensor(val0), torch.tensor(single_val), rtol=1e-9, atol=0)
+
+
+def _worker_with_own_budget(rank: int, world: int, init_file: str, results) -> None:
+    timeout = datetime.timedelta(seconds=120)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timeout
+    )
+    torch.set_num_threads(1)
+    # rank 1's budget runs out after its first step; rank 0's never does
+    results[rank] = _train(batch_size=2, distributed=True, seed=rank, max_time_s=1e6 if rank == 0 else 1e-9)
+    dist.destroy_process_group()
+
+
+def test_ranks_with_different_budgets_stop_at_one_step(tmp_path):
+    """Rank 0's budget holds on every rank: a mismatch used to leave one rank in the gradient
+    all-reduce while the other validated (a gloo size mismatch that killed the run)."""
+    results = mp.Manager().dict()
+    mp.spawn(_worker_with_own_budget, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    (weights0, _, steps0), (weights1, _, steps1) = results[0], results[1]
+    assert steps0 == steps1 == 5  # max_steps, under rank 0's budget
+    for name, value in weights0.items():
+        assert torch.equal(value, weights1[name]), name

@@ -571,6 +571,9 @@ def train_forecaster(
         if config.ema_decay > 0
         else None
     )
+    # every rank must stop at the same step: rank 0's budget holds (ranks that computed theirs
+    # from their own clocks differ by milliseconds, which can straddle a step)
+    budget_s = broadcast_from_root(config.max_time_s) if world > 1 else config.max_time_s
     start = time.perf_counter()
     elapsed = 0.0  # seconds; with several ranks their mean, updated with every step's all-reduce
     best, best_state, history = math.inf, None, []
@@ -602,9 +605,9 @@ def train_forecaster(
     while step < config.max_steps:
         if world == 1:
             elapsed = time.perf_counter() - start
-        if elapsed > config.max_time_s:
+        if elapsed > budget_s:
             break
-        fraction = min(1.0, max(step / config.max_steps, elapsed / config.max_time_s))
+        fraction = min(1.0, max(step / config.max_steps, elapsed / budget_s))
         lr_now = config.lr * (
             config.final_lr_factor + (1 - config.final_lr_factor) * 0.5 * (1 + math.cos(math.pi * fraction))
         )
