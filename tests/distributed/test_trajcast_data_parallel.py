@@ -33,10 +33,13 @@ def _train(batch_size: int, distributed: bool, seed: int = 0, max_time_s: float 
     return model.state_dict(), [h["val_loss"] for h in result.history], result.steps
 
 
-def _worker(rank: int, world: int, init_file: str, results) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _worker(rank: int, world: int, init_file: str, results, budgets=(math.inf, math.inf)) -> None:
+    timeout = datetime.timedelta(seconds=120)  # a collective mismatch fails instead of hanging
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timeout
+    )
     torch.set_num_threads(1)
-    results[rank] = _train(batch_size=2, distributed=True, seed=rank)
+    results[rank] = _train(batch_size=2, distributed=True, seed=rank, max_time_s=budgets[rank])
     dist.destroy_process_group()
 
 
@@ -59,22 +62,12 @@ def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
     torch.testing.assert_close(torch.tensor(val0), torch.tensor(single_val), rtol=1e-9, atol=0)
 
 
-def _worker_with_own_budget(rank: int, world: int, init_file: str, results) -> None:
-    timeout = datetime.timedelta(seconds=120)
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timeout
-    )
-    torch.set_num_threads(1)
-    # rank 1's budget runs out after its first step; rank 0's never does
-    results[rank] = _train(batch_size=2, distributed=True, seed=rank, max_time_s=1e6 if rank == 0 else 1e-9)
-    dist.destroy_process_group()
-
-
 def test_ranks_with_different_budgets_stop_at_one_step(tmp_path):
     """Rank 0's budget holds on every rank: a mismatch used to leave one rank in the gradient
     all-reduce while the other validated (a gloo size mismatch that killed the run)."""
     results = mp.Manager().dict()
-    mp.spawn(_worker_with_own_budget, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    # rank 1's budget runs out after its first step; rank 0's never does
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), results, (1e6, 1e-9)), nprocs=2, join=True)
     (weights0, _, steps0), (weights1, _, steps1) = results[0], results[1]
     assert steps0 == steps1 == 5  # max_steps, under rank 0's budget
     for name, value in weights0.items():
