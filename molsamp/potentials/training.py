@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from molsamp.distributed import agree_max, all_reduce_sum, rank_and_world_size
+from molsamp.distributed import agree_max, all_reduce_sum, broadcast_from_root, rank_and_world_size
 from molsamp.potentials.datasets import AtomsDataset, Structure
 from molsamp.potentials.graph import GraphPotential
 from molsamp.potentials.neighbors import PairList, neighbor_pairs
@@ -359,7 +359,9 @@ def train(
     stage_two = config.stage_two_fraction >= 1
     bar = tqdm(total=config.max_epochs, disable=not config.progress or rank != 0, unit="epoch", desc="train")
     epoch, val_seconds, out_of_time = 0, 0.0, False
-    timed = math.isfinite(config.max_time_s)
+    # every rank must stop at the same epoch and batch: rank 0's budget holds for all
+    budget_s = broadcast_from_root(config.max_time_s) if world > 1 else config.max_time_s
+    timed = math.isfinite(budget_s)
 
     def clock() -> float:
         """Seconds since the start; the same on every rank when decisions depend on it."""
@@ -369,7 +371,7 @@ def train(
     def enter_stage_two(epoch: int, elapsed: float) -> bool:
         return not stage_two and (
             epoch > config.stage_two_fraction * config.max_epochs
-            or elapsed > config.stage_two_fraction * config.max_time_s
+            or elapsed > config.stage_two_fraction * budget_s
         )
 
     for epoch in range(1, config.max_epochs + 1):
@@ -388,7 +390,7 @@ def train(
                     group["lr"] *= config.stage_two_lr_factor
                 best_loss, stale = math.inf, 0  # the loss changed meaning
             # leave room for the validation pass within the time budget
-            if elapsed + val_seconds > config.max_time_s and seen:
+            if elapsed + val_seconds > budget_s and seen:
                 out_of_time = True
                 break
             batch = collate([train_set[i] for i in indices], model.r_max, config.dtype, device)
@@ -440,7 +442,7 @@ def train(
             stale += 1
         bar.update(1)
         bar.set_postfix(F_mae=f"{metrics['forces_mae']:.2f}", E_mae=f"{metrics['energy_mae_per_atom']:.3f}")
-        if stale >= config.patience or out_of_time or metrics["seconds"] > config.max_time_s:
+        if stale >= config.patience or out_of_time or metrics["seconds"] > budget_s:
             break
     bar.close()
     if best_state is not None:

@@ -4,7 +4,11 @@ What must match: a DDP step averages the ranks' gradients, so each rank's loss i
 the *global* batch's loss (sums divided by the global counts of structures and force
 components). The structures here have different atom counts, so a per-rank mean over force
 components would weight atoms differently from the combined batch and the test would fail.
+Ranks whose time budgets differ still stop at the same batch: rank 0's budget holds.
 """
+
+import datetime
+import math
 
 import torch
 import torch.distributed as dist
@@ -32,25 +36,32 @@ def _data() -> tuple[AtomsDataset, AtomsDataset]:
     return AtomsDataset(structures[:8]), AtomsDataset(structures[8:])
 
 
-def _config(batch_size: int, checkpoint=None) -> TrainingConfig:
+def _config(batch_size: int, checkpoint=None, max_time_s: float = math.inf) -> TrainingConfig:
     # no EMA, one stage, constant lr: every step is a plain AdamW step on the batch gradient
     return TrainingConfig(
         max_epochs=2, batch_size=batch_size, lr=1e-2, ema_decay=0.0, stage_two_fraction=1.0,
         scheduler="constant", dtype=torch.float64, progress=False, seed=0, checkpoint=checkpoint,
+        max_time_s=max_time_s,
     )  # fmt: skip
 
 
-def _train(batch_size: int, distributed: bool, checkpoint=None):
+def _train(batch_size: int, distributed: bool, checkpoint=None, max_time_s: float = math.inf):
     train_set, val_set = _data()
     model = small_mace(ELEMENTS, r_max=0.3, seed=1)
-    result = train(model, train_set, val_set, _config(batch_size, checkpoint), distributed=distributed)
+    config = _config(batch_size, checkpoint, max_time_s)
+    result = train(model, train_set, val_set, config, distributed=distributed)
     return model.state_dict(), [h["loss"] for h in result.history], [h["train_loss"] for h in result.history]
 
 
-def _worker(rank: int, world: int, init_file: str, checkpoint: str, results) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _worker(
+    rank: int, world: int, init_file: str, checkpoint: str | None, results, budgets=(math.inf, math.inf)
+) -> None:
+    timeout = datetime.timedelta(seconds=120)  # a collective mismatch fails instead of hanging
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timeout
+    )
     torch.set_num_threads(1)
-    results[rank] = _train(batch_size=2, distributed=True, checkpoint=checkpoint)
+    results[rank] = _train(batch_size=2, distributed=True, checkpoint=checkpoint, max_time_s=budgets[rank])
     dist.destroy_process_group()
 
 
@@ -84,3 +95,16 @@ def test_distributed_flag_without_a_process_group_is_plain_training():
     assert plain_val == flagged_val
     for name, value in plain.items():
         assert torch.equal(flagged[name], value), name
+
+
+def test_ranks_with_different_budgets_stop_at_the_same_batch(tmp_path):
+    """Rank 1's budget runs out after its first batch, rank 0's never does: both must train
+    both epochs, as rank 0's budget says (else one rank validates while the other is in the
+    gradient all-reduce, and gloo fails)."""
+    results = mp.Manager().dict()
+    args = (2, str(tmp_path / "init"), None, results, (1e6, 1e-9))
+    mp.spawn(_worker, args=args, nprocs=2, join=True)
+    (weights0, val0, _), (weights1, val1, _) = results[0], results[1]
+    assert len(val0) == len(val1) == 2
+    for name, value in weights0.items():
+        assert torch.equal(value, weights1[name]), name
