@@ -1,11 +1,12 @@
 """Two gloo ranks on the CPU: one SG-MCMC chain per rank, merged on rank 0."""
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from molsamp.distributed import gather_on_root, run_per_rank
 from molsamp.integrators import SGLD
+
+from .gloo import gloo_group
 
 N_DATA = 200
 
@@ -27,11 +28,8 @@ def _chain(rank: int) -> list[dict]:
 
 
 def _worker(rank: int, world: int, init_file: str, results) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    merged = run_per_rank(_chain)
-    results[rank] = merged
-    dist.destroy_process_group()
+    with gloo_group(rank, world, init_file):
+        results[rank] = run_per_rank(_chain)
 
 
 def test_merged_chains_equal_the_union_of_per_rank_chains(tmp_path):

@@ -7,11 +7,9 @@ components would weight atoms differently from the combined batch and the test w
 Ranks whose time budgets differ still stop at the same batch: rank 0's budget holds.
 """
 
-import datetime
 import math
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from molsamp.potentials import load_potential
@@ -19,6 +17,7 @@ from molsamp.potentials.datasets import AtomsDataset, Structure
 from molsamp.potentials.training import TrainingConfig, train
 
 from ..potentials.models import small_mace
+from .gloo import gloo_group
 
 ELEMENTS = (1, 6, 8)
 
@@ -56,13 +55,10 @@ def _train(batch_size: int, distributed: bool, checkpoint=None, max_time_s: floa
 def _worker(
     rank: int, world: int, init_file: str, checkpoint: str | None, results, budgets=(math.inf, math.inf)
 ) -> None:
-    timeout = datetime.timedelta(seconds=120)  # a collective mismatch fails instead of hanging
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timeout
-    )
-    torch.set_num_threads(1)
-    results[rank] = _train(batch_size=2, distributed=True, checkpoint=checkpoint, max_time_s=budgets[rank])
-    dist.destroy_process_group()
+    with gloo_group(rank, world, init_file):
+        results[rank] = _train(
+            batch_size=2, distributed=True, checkpoint=checkpoint, max_time_s=budgets[rank]
+        )
 
 
 def test_ddp_on_two_ranks_matches_one_process_on_the_combined_batch(tmp_path):

@@ -1,12 +1,13 @@
 """Two gloo ranks on the CPU: independent Langevin walkers per rank, merged on rank 0."""
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from molsamp.distributed import gather_walkers, merge_states, rank_seed
 from molsamp.integrators import LangevinBAOAB, simulate
 from molsamp.systems import double_well
+
+from .gloo import gloo_group
 
 N_STEPS = 60
 
@@ -24,12 +25,10 @@ def _walkers(rank: int):
 
 
 def _worker(rank: int, world: int, init_file: str, results) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
-    state, samples = _walkers(rank)
-    merged, merged_samples = merge_states(state), gather_walkers(samples)
-    results[rank] = None if merged is None else (merged, merged_samples)
-    dist.destroy_process_group()
+    with gloo_group(rank, world, init_file):
+        state, samples = _walkers(rank)
+        merged, merged_samples = merge_states(state), gather_walkers(samples)
+        results[rank] = None if merged is None else (merged, merged_samples)
 
 
 def test_merged_walkers_equal_the_union_of_per_rank_walkers(tmp_path):

@@ -7,16 +7,15 @@ from other weights, so the test also fails if rank 0's weights are not broadcast
 Ranks whose time budgets differ (each computed from its own clock) still stop at one step.
 """
 
-import datetime
 import math
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from molsamp.flows.trajcast import ForecastTrainingConfig, TrajCast, train_forecaster
 
 from ..flows.test_trajcast import _triangle_data
+from .gloo import gloo_group
 
 
 def _train(batch_size: int, distributed: bool, seed: int = 0, max_time_s: float = math.inf):
@@ -34,13 +33,8 @@ def _train(batch_size: int, distributed: bool, seed: int = 0, max_time_s: float 
 
 
 def _worker(rank: int, world: int, init_file: str, results, budgets=(math.inf, math.inf)) -> None:
-    timeout = datetime.timedelta(seconds=120)  # a collective mismatch fails instead of hanging
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timeout
-    )
-    torch.set_num_threads(1)
-    results[rank] = _train(batch_size=2, distributed=True, seed=rank, max_time_s=budgets[rank])
-    dist.destroy_process_group()
+    with gloo_group(rank, world, init_file):
+        results[rank] = _train(batch_size=2, distributed=True, seed=rank, max_time_s=budgets[rank])
 
 
 def test_two_ranks_match_one_process_on_the_global_batch(tmp_path):
