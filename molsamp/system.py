@@ -7,6 +7,7 @@ evaluated together so batched potentials can use the hardware well. B = 1 is a p
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,15 @@ if TYPE_CHECKING:
     import mdtraj
     import openmm
     import openmm.app
+
+
+def check_walker_count(n_walkers: int) -> int:
+    """``n_walkers`` if it is a whole number ≥ 1; else a ValueError that says so."""
+    if isinstance(n_walkers, bool) or not isinstance(n_walkers, numbers.Integral) or n_walkers < 1:
+        raise ValueError(
+            f"n_walkers must be a whole number >= 1 (on the command line: --walkers), got {n_walkers!r}"
+        )
+    return int(n_walkers)
 
 
 def _as_cell(cell: Any, name: str = "cell") -> torch.Tensor | None:
@@ -207,6 +217,8 @@ class State:
             )
         if not pos.is_floating_point():
             raise ValueError(f"positions must be a floating-point tensor, got {pos.dtype}")
+        if pos.shape[0] == 0:
+            raise ValueError("positions hold no walkers (B = 0); a State needs at least one walker")
         if not isinstance(vel, torch.Tensor) or vel.shape != pos.shape:
             shape = tuple(vel.shape) if isinstance(vel, torch.Tensor) else type(vel).__name__
             raise ValueError(f"velocities must have the shape of positions {tuple(pos.shape)}, got {shape}")

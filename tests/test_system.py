@@ -35,6 +35,8 @@ def test_state_rejects_unbatched_positions_and_mismatched_velocities():
         State(torch.zeros(1, 4, 3), torch.zeros(1, 5, 3))
     with pytest.raises(ValueError, match="must match positions"):
         State(torch.zeros(1, 4, 3, dtype=torch.float64), torch.zeros(1, 4, 3, dtype=torch.float32))
+    with pytest.raises(ValueError, match=r"no walkers \(B = 0\)"):
+        State(torch.zeros(0, 4, 3), torch.zeros(0, 4, 3))
 
 
 def test_state_from_positions_adds_walker_axis_and_replace_drops_cached_forces():

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from molsamp.potentials.openmm import OpenMMPotential
-from molsamp.system import State, System
+from molsamp.system import State, System, check_walker_count
 from molsamp.thermo import maxwell_boltzmann_velocities
 
 SOLVENT_FORCEFIELDS = {
@@ -86,6 +86,8 @@ def from_topology(
 ) -> tuple[System, State, OpenMMPotential]:
     """:func:`from_pdb` for an OpenMM topology and positions already in memory (e.g. a Modeller's)."""
     from openmm import app, unit
+
+    check_walker_count(n_walkers)
 
     ff = _force_field(forcefield)
     periodic = topology.getPeriodicBoxVectors() is not None

@@ -7,7 +7,7 @@ import math
 import torch
 
 from molsamp.potentials import DoubleWell, HarmonicPotential, LennardJones
-from molsamp.system import State, System
+from molsamp.system import State, System, check_walker_count
 from molsamp.thermo import maxwell_boltzmann_velocities, remove_center_of_mass_velocity
 
 ARGON_EPSILON = 0.996  # kJ/mol
@@ -40,7 +40,7 @@ def harmonic_oscillator(
     spring_constant in kJ/mol/nm², mass in amu, temperature in K (for the starting velocities).
     """
     system = System(torch.full((n_atoms,), 6), torch.full((n_atoms,), float(mass)))
-    positions = torch.zeros(n_walkers, n_atoms, 3, dtype=dtype, device=device)
+    positions = torch.zeros(check_walker_count(n_walkers), n_atoms, 3, dtype=dtype, device=device)
     state = _start_state(positions, system.masses, temperature, seed)
     return system, state, HarmonicPotential(spring_constant)
 
@@ -59,7 +59,7 @@ def double_well(
 ) -> tuple[System, State, DoubleWell]:
     """Particles in a double well along x (barrier kJ/mol, minima at ±minimum nm)."""
     system = System(torch.full((n_atoms,), 6), torch.full((n_atoms,), float(mass)))
-    positions = torch.zeros(n_walkers, n_atoms, 3, dtype=dtype, device=device)
+    positions = torch.zeros(check_walker_count(n_walkers), n_atoms, 3, dtype=dtype, device=device)
     positions[..., 0] = minimum
     state = _start_state(positions, system.masses, temperature, seed)
     return system, state, DoubleWell(barrier, minimum, transverse_spring_constant)
@@ -94,7 +94,7 @@ def lennard_jones_fluid(
         pbc=(True, True, True),
         topology=_single_element_topology(n_atoms, "AR", "Ar"),
     )
-    positions = lattice.to(dtype=dtype, device=device).expand(n_walkers, -1, -1).clone()
+    positions = lattice.to(dtype=dtype, device=device).expand(check_walker_count(n_walkers), -1, -1).clone()
     state = _start_state(positions, system.masses, temperature, seed, cell=system.cell)
     state = state.replace(velocities=remove_center_of_mass_velocity(state.velocities, system.masses))
     cutoff = min(cutoff_sigma * ARGON_SIGMA, 0.5 * box * (1 - 1e-9))

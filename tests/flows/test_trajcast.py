@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -606,6 +607,31 @@ def test_trajectory_data_windows_do_not_cross_segments():
     assert len(windows) == 2 * 4 and int(windows[:, 1].max()) + 6 <= 9
     with pytest.raises(ValueError, match="too short"):
         data.windows(lag=5, rollout_steps=2)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--md-ps", "0.5"], r"--md-ps 0.5 ps is too short.*use --md-ps 0.6 or more"),
+        (["--md-ps", "0.6"], None),  # the shortest the message asks for is long enough
+        (["--minutes", "0"], r"--minutes \(training wall time\) must be > 0"),
+        (["--stride", "3"], "--stride 3 must divide --interval-steps 10"),
+        (["--rollout-steps", "0"], "--rollout-steps must be >= 1, got 0"),
+        (["--restarts", "-1"], r"--restarts must be >= 0 \(0: none\)"),
+    ],
+)
+def test_cli_forecast_train_names_the_option_to_fix_before_running_md(tmp_path, capsys, options, message):
+    """Bad settings are refused with the option's name before any MD runs (the fluid's MD
+    step is 5 fs, frames every 2 steps: 0.5 ps leaves 5 validation frames for a 5-frame lag)."""
+    from molsamp.cli import main
+
+    args = ["forecast", "train", "--output", str(tmp_path), "--minutes", "0.001", "--walkers", "1"]
+    args += ["--channels", "4", "--quiet", *options]
+    if message is None:
+        assert main(args) == 0
+    else:
+        assert main(args) == 2
+        assert re.search(message, capsys.readouterr().err)
 
 
 def test_cli_forecast_train_then_rollout(tmp_path, capsys):

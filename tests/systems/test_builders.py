@@ -1,8 +1,16 @@
+import numpy as np
 import pytest
 import torch
 
 from molsamp.integrators import kinetic_energy
-from molsamp.systems import alanine_dipeptide, from_pdb, harmonic_oscillator, lennard_jones_fluid, shipped_pdb
+from molsamp.systems import (
+    alanine_dipeptide,
+    double_well,
+    from_pdb,
+    harmonic_oscillator,
+    lennard_jones_fluid,
+    shipped_pdb,
+)
 from molsamp.units import kT
 
 
@@ -59,3 +67,19 @@ def test_harmonic_oscillator_shapes_follow_walkers_and_dtype():
     _, state, potential = harmonic_oscillator(n_atoms=3, n_walkers=5, dtype=torch.float32)
     assert state.positions.shape == (5, 3, 3) and state.velocities.dtype == torch.float32
     assert potential.energy(state.positions).shape == (5,)
+
+
+@pytest.mark.parametrize(
+    "builder", [harmonic_oscillator, double_well, lennard_jones_fluid, alanine_dipeptide]
+)
+@pytest.mark.parametrize("n_walkers", [0, -2, 2.0])
+def test_builders_reject_a_walker_count_that_is_not_a_positive_whole_number(builder, n_walkers):
+    with pytest.raises(
+        ValueError, match=r"n_walkers must be a whole number >= 1 \(on the command line: --walkers\)"
+    ):
+        builder(n_walkers=n_walkers)
+
+
+def test_builders_take_numpy_walker_counts():
+    _, state, _ = harmonic_oscillator(n_walkers=np.int64(2))
+    assert state.positions.shape[0] == 2

@@ -130,9 +130,11 @@ def train_model(
     from molsamp.flows.trajcast import recipes, training
     from molsamp.flows.trajcast.model import TrajCast
 
-    if interval_steps % stride:
-        raise ValueError(f"--stride {stride} must divide --interval-steps {interval_steps}")
     settings = recipes.recipe(system_name)
+    _check_training_arguments(
+        settings.timestep, minutes, md_ps, interval_steps, stride, rollout_steps, channels, batch_size,
+        restarts, rollout_restarts,
+    )  # fmt: skip
     system, state, potential = recipes.build(system_name, walkers, seed)
     rank, _ = rank_and_world_size() if distributed else (0, 1)
     timings = {}
@@ -200,6 +202,38 @@ def train_model(
         result.history[:0] = first.history
     timings["training_s"] = result.seconds
     return model, result, data, state, timings
+
+
+def _check_training_arguments(
+    timestep: float, minutes: float, md_ps: float, interval_steps: int, stride: int, rollout_steps: int,
+    channels: int, batch_size: int, restarts: int, rollout_restarts: int,
+) -> None:  # fmt: skip
+    """Refuse settings that cannot train, before any MD runs; ``timestep`` is the MD step, ps.
+    Errors name the option of ``molsamp forecast train``."""
+    at_least_one = {
+        "--interval-steps": interval_steps, "--stride": stride, "--rollout-steps": rollout_steps,
+        "--channels": channels, "--batch-size": batch_size,
+    }  # fmt: skip
+    for option, value in at_least_one.items():
+        if value < 1:
+            raise ValueError(f"{option} must be >= 1, got {value}")
+    for option, value in {"--restarts": restarts, "--rollout-restarts": rollout_restarts}.items():
+        if value < 0:
+            raise ValueError(f"{option} must be >= 0 (0: none), got {value}")
+    if not minutes > 0:
+        raise ValueError(f"--minutes (training wall time) must be > 0, got {minutes}")
+    if interval_steps % stride:
+        raise ValueError(f"--stride {stride} must divide --interval-steps {interval_steps}")
+    # the last 10 % of every walker's frames validate: they must hold one window of the loss
+    span = interval_steps // stride * rollout_steps
+    frames = int(round(md_ps / (stride * timestep)))
+    if not max(1, round(0.1 * frames)) > span:
+        shortest = 10 * (span + 1) * stride * timestep
+        raise ValueError(
+            f"--md-ps {md_ps} ps is too short: the last 10 % of each walker's MD validates and must "
+            f"span --interval-steps × --rollout-steps = {interval_steps * rollout_steps} MD steps; "
+            f"use --md-ps {shortest:.3g} or more"
+        )
 
 
 def _run_train(args: argparse.Namespace) -> None:
