@@ -35,6 +35,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from ase.data import chemical_symbols
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from molsamp.devices import usable_device
 from molsamp.potentials.base import Potential
 from molsamp.units import (
     ev_from_kj_per_mol,
@@ -79,7 +80,7 @@ class MolsampCalculator(Calculator):
             raise ValueError(f"dtype must be a floating torch dtype such as torch.float64, got {dtype}")
         super().__init__()
         self.potential = potential
-        self.device = torch.device(device)
+        self.device = usable_device(device)
         self.dtype = dtype
         supported = getattr(potential, "supported_atomic_numbers", None)
         self._supported = None if supported is None else np.asarray(sorted(set(supported)), int)

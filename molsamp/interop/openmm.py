@@ -47,6 +47,7 @@ import numpy as np
 import openmm
 import torch
 
+from molsamp.devices import usable_device
 from molsamp.potentials.base import Potential
 from molsamp.system import System
 
@@ -128,7 +129,7 @@ def openmm_force(
     periodic = bool(potential.requires_cell) if periodic is None else bool(periodic)
     if periodic and not potential.uses_cell:
         raise ValueError(f"periodic=True but {type(potential).__name__} does not use a cell")
-    computation = _PotentialComputation(potential, periodic, torch.device(device), dtype)
+    computation = _PotentialComputation(potential, periodic, usable_device(device), dtype)
     force = openmm.PythonForce(computation)
     force.setUsesPeriodicBoundaryConditions(periodic)
     if indices is not None:

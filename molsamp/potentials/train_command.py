@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from molsamp.devices import usable_device
 from molsamp.distributed import broadcast_from_root, init_from_environment, local_device
 from molsamp.potentials.datasets import AtomsDataset, alanine_dipeptide_md_dataset
 from molsamp.potentials.mace import MACE
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.alanine_frames is not None and args.alanine_frames < 10:
         raise ValueError(f"--alanine-frames must be >= 10, got {args.alanine_frames}")
     rank, _ = init_from_environment()
+    device = local_device() if args.device is None else usable_device(args.device, "--device")
     data = None
     if rank == 0:
         if args.data is not None:
@@ -115,7 +117,7 @@ def run(args: argparse.Namespace) -> dict:
         progress=not args.quiet,
         checkpoint=args.output,
     )
-    model.to(local_device() if args.device is None else torch.device(args.device))
+    model.to(device)
     result = train(model, train_set, val_set, config, distributed=True)
     summary = {"model": str(args.output), "epochs": result.epochs, **result.best_metrics}
     if rank != 0:
