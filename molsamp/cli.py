@@ -180,6 +180,7 @@ def demo(args: argparse.Namespace) -> None:
             output=args.output / "timewarp",
             temperature=args.temperature,
             seed=args.seed,
+            quiet=args.quiet,
         )
         print("Timewarp (learned 1 ps steps, exact MH chain with Langevin steps between flow moves):")
         run_timewarp_sample(settings, system, potential, frames, frames)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from molsamp.progress import BudgetProgress
 from molsamp.units import kT
 
 DEMO_BASIN_PAIRS = (("C7eq", "C7ax"), ("C7eq", "alphaR"))
@@ -83,6 +84,7 @@ def add_sample_parser(commands: argparse._SubParsersAction) -> None:
         "--temperature", type=float, default=300.0, help="temperature in K (default %(default)s)"
     )
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--quiet", action="store_true", help="no progress bars")
     sample.add_argument("--output", type=Path, default=Path("molsamp-sample"), help="output folder")
     sample.add_argument(
         "--flow-from",
@@ -131,31 +133,34 @@ def train_generator(system, potential, frames: torch.Tensor, args: argparse.Name
     # likelihood, the mixed phase the weights whose samples had the best ESS
     held_out = max(2, frames.shape[0] // 10)
     fit_frames, validation = frames[:-held_out], frames[-held_out:]
-    history = bg.train(
-        fit_frames,
-        generator,
-        n_steps=10**9,
-        time_limit_s=args.ml_fraction * budget,
-        log_every=100,
-        validation=validation,
-        keep_best=True,
-    )
-    steps = history[-1]["step"] + 1
-    remaining = budget - (time.perf_counter() - start)
-    if (args.kl_weight > 0 or args.reweighted_weight > 0) and remaining > 0:
-        mixed = bg.train(
+    with BudgetProgress(budget, "flow training", enabled=not args.quiet) as progress:
+        history = bg.train(
             fit_frames,
             generator,
             n_steps=10**9,
-            kl_weight=args.kl_weight,
-            reweighted_weight=args.reweighted_weight,
-            learning_rate=3e-4,
-            time_limit_s=remaining,
-            log_every=25,
+            time_limit_s=args.ml_fraction * budget,
+            log_every=100,
+            validation=validation,
             keep_best=True,
+            callback=progress,
         )
-        history += mixed
-        steps += mixed[-1]["step"] + 1
+        steps = history[-1]["step"] + 1
+        remaining = budget - (time.perf_counter() - start)
+        if (args.kl_weight > 0 or args.reweighted_weight > 0) and remaining > 0:
+            mixed = bg.train(
+                fit_frames,
+                generator,
+                n_steps=10**9,
+                kl_weight=args.kl_weight,
+                reweighted_weight=args.reweighted_weight,
+                learning_rate=3e-4,
+                time_limit_s=remaining,
+                log_every=25,
+                keep_best=True,
+                callback=progress,
+            )
+            history += mixed
+            steps += mixed[-1]["step"] + 1
     return bg, history, steps, time.perf_counter() - start
 
 

@@ -24,6 +24,7 @@ from molsamp.flows.timewarp import (
 )
 from molsamp.flows.timewarp_mcmc import TimewarpMove, TimewarpResult, fine_tune_acceptance, timewarp_mcmc
 from molsamp.potentials.base import Potential
+from molsamp.progress import BudgetProgress
 from molsamp.system import State, System
 from molsamp.thermo import maxwell_boltzmann_velocities
 
@@ -307,33 +308,37 @@ def run_timewarp_sample(
     if args.walkers < 1 or args.proposals < 1 or args.langevin_steps < 0:
         raise ValueError("--walkers and --proposals must be >= 1 and --langevin-steps >= 0")
     start = time.perf_counter()
-    flow, history = train_and_fine_tune(
-        system,
-        potential,
-        frames,
-        args.lag,
-        args.temperature,
-        seconds=60 * args.flow_minutes,
-        fine_tune_seconds=60 * args.flow_minutes * args.fine_tune_fraction,
-        seed=args.seed,
-    )
+    with BudgetProgress(60 * args.flow_minutes, "timewarp training", enabled=not args.quiet) as progress:
+        flow, history = train_and_fine_tune(
+            system,
+            potential,
+            frames,
+            args.lag,
+            args.temperature,
+            seconds=60 * args.flow_minutes,
+            fine_tune_seconds=60 * args.flow_minutes * args.fine_tune_fraction,
+            seed=args.seed,
+            callback=progress,
+        )
     training_s = time.perf_counter() - start
     out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     save_timewarp(flow, out / "timewarp.pt")
-    result = run_chain(
-        flow,
-        system,
-        potential,
-        frames,
-        args.temperature,
-        walkers=args.walkers,
-        proposals=args.proposals,
-        seconds=60 * args.chain_minutes,
-        seed=args.seed + 1,
-        langevin_steps=args.langevin_steps,
-        explore=args.explore,
-    )
+    with BudgetProgress(60 * args.chain_minutes, "timewarp chain", enabled=not args.quiet) as progress:
+        result = run_chain(
+            flow,
+            system,
+            potential,
+            frames,
+            args.temperature,
+            walkers=args.walkers,
+            proposals=args.proposals,
+            seconds=60 * args.chain_minutes,
+            seed=args.seed + 1,
+            langevin_steps=args.langevin_steps,
+            explore=args.explore,
+            callback=progress,
+        )
     results = chain_report(result, reference, system, args.temperature, args.seed + 2, out)
     results.update(training_s=training_s, training_steps=phase_steps(history), lag_frames=args.lag)
     np.save(out / "timewarp_chain_phi_psi.npy", result.observables[:, :, :2])

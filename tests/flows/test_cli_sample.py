@@ -14,8 +14,9 @@ def test_sample_trains_draws_and_writes_results(tmp_path, alanine_frames, capsys
     out = tmp_path / "sample"
     arguments = ["sample", "--trajectory", str(trajectory), "--output", str(out)]
     assert main([*arguments, "--flow-minutes", "0.03", "--flow-samples", "300", "--ml-fraction", "0.5"]) == 0
-    printed = capsys.readouterr().out
-    assert "Kish ESS" in printed and "MD half vs half" in printed
+    captured = capsys.readouterr()
+    assert "Kish ESS" in captured.out and "MD half vs half" in captured.out
+    assert "flow training:" in captured.err  # the progress bar over the training budget
     results = json.loads((out / "flow_results.json").read_text())
     assert results["n_samples"] == 300 and 1.0 <= results["kish_ess"] <= 300
     assert 0.0 <= results["js_reweighted_vs_reference"] <= np.log(2)
@@ -32,7 +33,9 @@ def test_sample_draws_again_from_a_saved_generator_without_training(tmp_path, al
     np.save(trajectory, frames.numpy())
     first, again = tmp_path / "first", tmp_path / "again"
     common = ["sample", "--trajectory", str(trajectory), "--flow-samples", "200", "--seed", "4"]
-    assert main([*common, "--output", str(first), "--flow-minutes", "0.02", "--ml-fraction", "0.5"]) == 0
+    options = ["--flow-minutes", "0.02", "--ml-fraction", "0.5", "--quiet"]
+    assert main([*common, "--output", str(first), *options]) == 0
+    assert "flow training:" not in capsys.readouterr().err
     saved = first / "boltzmann_generator.pt"
     assert main([*common, "--output", str(again), "--flow-from", str(saved)]) == 0
     assert f"flow loaded from {saved}" in capsys.readouterr().out

@@ -21,8 +21,9 @@ def test_sample_method_timewarp_writes_results(tmp_path, alanine_frames, capsys)
     arguments = ["sample", "--method", "timewarp", "--trajectory", str(trajectory), "--output", str(out)]
     options = ["--flow-minutes", "0.05", "--chain-minutes", "0.05", "--walkers", "4", "--proposals", "2"]
     assert main([*arguments, *options]) == 0
-    printed = capsys.readouterr().out
-    assert "timewarp acceptance" in printed and "reference half vs half" in printed
+    captured = capsys.readouterr()
+    assert "timewarp acceptance" in captured.out and "reference half vs half" in captured.out
+    assert "timewarp training:" in captured.err and "timewarp chain:" in captured.err  # progress bars
     results = json.loads((out / "timewarp_results.json").read_text())
     assert 0.0 <= results["chain"]["acceptance_rate"] <= 1.0 and not results["chain"]["biased"]
     assert 0.0 <= results["comparison"]["js_chain_vs_reference"] <= math.log(2)
