@@ -141,8 +141,10 @@ def train_model(
     start = time.perf_counter()
     data = extra = None
     if rank == 0:
-        state = recipes.equilibrate(system_name, system, state, potential, seed)
-        data, state = recipes.training_data(system_name, system, state, potential, md_ps, stride, seed)
+        state = recipes.equilibrate(system_name, system, state, potential, seed, progress=progress)
+        data, state = recipes.training_data(
+            system_name, system, state, potential, md_ps, stride, seed, progress=progress
+        )
         if restarts > 0:
             integrator = recipes.data_integrator(system_name, system, potential, seed + 10)
             extra = training.perturbed_restarts(

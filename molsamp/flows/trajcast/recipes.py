@@ -68,14 +68,16 @@ def zero_momenta(system, state: State) -> State:
 
 
 def equilibrate(
-    name: str, system, state: State, potential, seed: int = 0, temperature: float | None = None
-) -> State:
-    """Langevin (γ = 5/ps) for the recipe's equilibration time; returns the last state."""
+    name: str, system, state: State, potential, seed: int = 0, temperature: float | None = None,
+    progress: bool = False,
+) -> State:  # fmt: skip
+    """Langevin (γ = 5/ps) for the recipe's equilibration time; returns the last state
+    (``progress``: show the MD's bar)."""
     settings = recipe(name)
     temperature = settings.temperature if temperature is None else temperature
     langevin = LangevinBAOAB(potential, system.masses, settings.timestep, temperature, 5.0, seed)
     steps = int(round(settings.equilibration_ps / settings.timestep))
-    return simulate(langevin, state, steps, progress=False)
+    return simulate(langevin, state, steps, progress=progress)
 
 
 def data_integrator(name: str, system, potential, seed: int = 0, temperature: float | None = None):
@@ -92,15 +94,16 @@ def data_integrator(name: str, system, potential, seed: int = 0, temperature: fl
 
 def training_data(
     name: str, system, state: State, potential, picoseconds: float, stride: int, seed: int = 0,
-    temperature: float | None = None,
+    temperature: float | None = None, progress: bool = False,
 ) -> tuple[TrajectoryData, State]:  # fmt: skip
-    """Frames every ``stride`` MD steps over ``picoseconds`` from every walker of ``state``."""
+    """Frames every ``stride`` MD steps over ``picoseconds`` from every walker of ``state``
+    (``progress``: show the MD's bar)."""
     settings = recipe(name)
     integrator = data_integrator(name, system, potential, seed, temperature)
     if settings.data_friction == 0:
         state = state.replace(velocities=state.velocities - center_of_mass(state.velocities, system.masses))
     n_frames = int(round(picoseconds / (stride * settings.timestep)))
-    return record_trajectory(integrator, system, state, n_frames, stride)
+    return record_trajectory(integrator, system, state, n_frames, stride, progress)
 
 
 def reference_md(

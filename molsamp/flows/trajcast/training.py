@@ -203,11 +203,11 @@ def perturbed_restarts(
 
 
 def record_trajectory(
-    integrator: Integrator, system: System, state: State, n_frames: int, stride: int
+    integrator: Integrator, system: System, state: State, n_frames: int, stride: int, progress: bool = False
 ) -> tuple[TrajectoryData, State]:
     """Run MD with ``integrator`` and keep every ``stride``-th step; each walker of ``state``
     becomes one segment. Returns (data, final state). Uses :func:`simulate` (so an
-    OpenMM force field runs in OpenMM's engine)."""
+    OpenMM force field runs in OpenMM's engine; ``progress`` shows its bar)."""
     from molsamp.flows.trajcast.driver import FrameRecorder
     from molsamp.integrators import simulate
 
@@ -216,7 +216,7 @@ def record_trajectory(
     recorder.start()
     recorder.report(state, integrator)  # frame 0
     state = simulate(
-        integrator, state, (n_frames - 1) * stride, reporters=[recorder], progress=False, guard=None
+        integrator, state, (n_frames - 1) * stride, reporters=[recorder], progress=progress, guard=None
     )
     data = TrajectoryData(
         system,
