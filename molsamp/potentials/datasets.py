@@ -17,6 +17,9 @@ import torch
 from molsamp.potentials.base import Potential
 from molsamp.units import (
     angstrom_from_nm,
+    ev_from_kj_per_mol,
+    ev_per_angstrom3_from_kj_per_mol_nm3,
+    ev_per_angstrom_from_kj_per_mol_nm,
     kj_per_mol_from_ev,
     kj_per_mol_nm_from_ev_per_angstrom,
     nm_from_angstrom,
@@ -138,6 +141,41 @@ class AtomsDataset(torch.utils.data.Dataset):
                 )
             )
         return cls(structures)
+
+    def to_extxyz(self, path: str | Path) -> Path:
+        """Write every structure to an extxyz file in ASE's units (Å, eV, eV/Å, stress eV/Å³
+        in Voigt order), as :meth:`from_extxyz` reads and other MLIP codes (mace-torch,
+        nequip) train on. Written to a temporary file, then renamed: an interrupted write
+        leaves no partial file. Returns the path."""
+        import ase
+        import ase.io
+        from ase.calculators.singlepoint import SinglePointCalculator
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        path = Path(path)
+        frames = []
+        for structure in self.structures:
+            cell = None if structure.cell is None else angstrom_from_nm(structure.cell.numpy())
+            atoms = ase.Atoms(
+                numbers=structure.atomic_numbers.numpy(),
+                positions=angstrom_from_nm(structure.positions.numpy()),
+                cell=cell,
+                pbc=cell is not None,
+            )
+            results = {
+                "energy": ev_from_kj_per_mol(float(structure.energy)),
+                "forces": ev_per_angstrom_from_kj_per_mol_nm(structure.forces.numpy()),
+            }
+            if structure.stress is not None:
+                stress = ev_per_angstrom3_from_kj_per_mol_nm3(structure.stress.numpy())
+                results["stress"] = full_3x3_to_voigt_6_stress(stress)
+            atoms.calc = SinglePointCalculator(atoms, **results)
+            frames.append(atoms)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        ase.io.write(str(partial), frames, format="extxyz")
+        partial.replace(path)
+        return path
 
     @classmethod
     def from_trajectory(

@@ -35,6 +35,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="label this many frames of 300 K alanine dipeptide MD with Amber ff99SB-ILDN",
     )
+    parser.add_argument(
+        "--save-data",
+        type=Path,
+        help="also write the labelled data set to this extxyz file (eV, Å), e.g. to train "
+        "mace-torch or nequip on the same --alanine-frames",
+    )
     parser.add_argument("--energy-key", default="energy", help="extxyz energy field")
     parser.add_argument("--forces-key", default="forces", help="extxyz forces field")
     parser.add_argument("--model", choices=["mace", "tensornet"], default="mace")
@@ -79,6 +85,8 @@ def run(args: argparse.Namespace) -> dict:
             data = AtomsDataset.from_extxyz(args.data, args.energy_key, args.forces_key)
         else:
             data = alanine_dipeptide_md_dataset(args.alanine_frames, seed=args.seed)
+        if args.save_data is not None:
+            print(f"data: {len(data)} structures written to {data.to_extxyz(args.save_data)}")
     data = broadcast_from_root(data)
     train_set, val_set = data.split(args.val_fraction, seed=args.seed)
     dtype = torch.float64 if args.float64 else torch.float32

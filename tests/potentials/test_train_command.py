@@ -7,6 +7,7 @@ import json
 import ase
 import ase.io
 import numpy as np
+import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from molsamp.cli import main
@@ -38,3 +39,24 @@ def test_train_command_reports_bad_input(tmp_path, capsys):
     code = main(["train", "--data", str(tmp_path / "missing.extxyz"), "--quiet"])
     assert code == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_save_data_writes_the_amber_labels_in_ev_and_angstrom(tmp_path, capsys):
+    """--save-data writes the labelled MD frames; ASE reads them back, and the forces are
+    Amber's at those positions (converted to eV/Å), so another code can train on them."""
+    from molsamp.systems import alanine_dipeptide
+    from molsamp.units import ev_per_angstrom_from_kj_per_mol_nm, nm_from_angstrom
+
+    data_path = tmp_path / "alanine.extxyz"
+    code = main([
+        "train", "--alanine-frames", "10", "--save-data", str(data_path), "--model", "tensornet",
+        "--channels", "4", "--epochs", "1", "--output", str(tmp_path / "model.pt"), "--quiet",
+    ])  # fmt: skip
+    assert code == 0 and f"10 structures written to {data_path}" in capsys.readouterr().out
+    frames = ase.io.read(data_path, index=":")
+    assert len(frames) == 10 and all(len(atoms) == 22 and not atoms.pbc.any() for atoms in frames)
+    _, _, amber = alanine_dipeptide()
+    positions = torch.tensor(nm_from_angstrom(np.stack([atoms.positions for atoms in frames])))
+    energy, forces = amber.energy_and_forces(positions)
+    expected = ev_per_angstrom_from_kj_per_mol_nm(forces.numpy())
+    np.testing.assert_allclose(np.stack([atoms.get_forces() for atoms in frames]), expected, atol=2e-5)
