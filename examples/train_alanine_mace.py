@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from molsamp.integrators import LangevinBAOAB, simulate
+from molsamp.integrators import LangevinBAOAB, SimulationExploded, simulate
 from molsamp.io import CSVReporter, TrajectoryReporter
 from molsamp.potentials import MACE, load_potential, save_potential
 from molsamp.potentials.datasets import alanine_dipeptide_md_dataset
@@ -31,7 +31,7 @@ from molsamp.testing import mean_and_standard_error
 from molsamp.units import ps_from_fs
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=3000, help="training + validation frames")
     parser.add_argument("--test-frames", type=int, default=500)
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="1 is fastest on a shared box")
     parser.add_argument("--output", type=Path, default=Path("alanine-mace"))
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.output.mkdir(parents=True, exist_ok=True)
     report: dict = {"threads": args.threads}
@@ -107,44 +107,57 @@ def main() -> None:
     steps = round(args.md_ps / ps_from_fs(1.0))
     langevin = LangevinBAOAB(model, system.masses, ps_from_fs(1.0), 300.0, 1.0, 3)
     t0 = time.perf_counter()
-    final = simulate(
-        langevin,
-        state,
-        steps,
-        reporters=[
-            CSVReporter(args.output / "md.csv", 100),
-            TrajectoryReporter(args.output / "md.dcd", 100, system.topology),
-        ],
-        progress=not args.quiet,
-    )
+    exploded = None
+    try:  # an undertrained model may blow up: that is a result to report, not a crash
+        simulate(
+            langevin,
+            state,
+            steps,
+            reporters=[
+                CSVReporter(args.output / "md.csv", 100),
+                TrajectoryReporter(args.output / "md.dcd", 100, system.topology),
+            ],
+            progress=not args.quiet,
+        )
+    except SimulationExploded as error:
+        exploded = str(error)
+        print(f"MD with the model: {exploded}")
     report["md_seconds"] = time.perf_counter() - t0
-    import mdtraj
-
-    trajectory = mdtraj.load(str(args.output / "md.dcd"), top=system.topology)
-    bonds = np.array([[a.index, b.index] for a, b in system.topology.bonds])
-    reference = mdtraj.compute_distances(
-        mdtraj.Trajectory(state.positions[0].double().numpy(), system.topology), bonds
-    )[0]
-    lengths = mdtraj.compute_distances(trajectory, bonds)
-    stretch = np.abs(lengths / reference - 1.0).max()
-    energies = np.loadtxt(args.output / "md.csv", delimiter=",", skiprows=1, ndmin=2)
-    report["md"] = {
-        "ps": args.md_ps,
-        "frames": trajectory.n_frames,
-        "max_relative_bond_deviation": float(stretch),
-        "bonds_intact": bool(stretch < 0.25),
-        "finite": bool(torch.isfinite(final.positions).all()),
-    }
-    # on-step BAOAB velocities at 1 fs; the error bar counts correlated samples (ESS)
-    mean_t, error_t = mean_and_standard_error(energies[:, 5])
-    report["md"].update(mean_temperature_K=mean_t, temperature_standard_error_K=error_t)
-    print(
-        f"MD {args.md_ps} ps with the model: max bond deviation {100 * stretch:.1f} %, "
-        f"mean T {mean_t:.0f} ± {error_t:.0f} K, {report['md_seconds']:.0f} s"
-    )
+    if exploded is None:
+        report["md"] = _md_analysis(args.output, system, state.positions[0])
+        print(
+            f"MD {args.md_ps} ps with the model: max bond deviation "
+            f"{100 * report['md']['max_relative_bond_deviation']:.1f} %, mean T "
+            f"{report['md']['mean_temperature_K']:.0f} ± {report['md']['temperature_standard_error_K']:.0f} K, "
+            f"{report['md_seconds']:.0f} s"
+        )
+    else:
+        report["md"] = {"exploded": exploded, "bonds_intact": False}
+    report["md"]["ps"] = args.md_ps
     report["passed"] = bool(metrics["forces_mae_relative"] < 0.05 and report["md"]["bonds_intact"])
     (args.output / "report.json").write_text(json.dumps(report, indent=2, default=str))
     print(f"passed: {report['passed']}  (report: {args.output / 'report.json'})")
+    return report
+
+
+def _md_analysis(folder: Path, system, start: torch.Tensor) -> dict:
+    """Bond lengths of md.dcd against the (N, 3) nm ``start`` and the mean temperature of md.csv."""
+    import mdtraj
+
+    trajectory = mdtraj.load(str(folder / "md.dcd"), top=system.topology)
+    bonds = np.array([[a.index, b.index] for a, b in system.topology.bonds])
+    reference = mdtraj.compute_distances(mdtraj.Trajectory(start.double().numpy(), system.topology), bonds)[0]
+    stretch = float(np.abs(mdtraj.compute_distances(trajectory, bonds) / reference - 1.0).max())
+    energies = np.loadtxt(folder / "md.csv", delimiter=",", skiprows=1, ndmin=2)
+    # on-step BAOAB velocities at 1 fs; the error bar counts correlated samples (ESS)
+    mean_t, error_t = mean_and_standard_error(energies[:, 5])
+    return {
+        "frames": trajectory.n_frames,
+        "max_relative_bond_deviation": stretch,
+        "bonds_intact": stretch < 0.25,
+        "mean_temperature_K": mean_t,
+        "temperature_standard_error_K": error_t,
+    }
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from molsamp.potentials.datasets import alanine_dipeptide_md_dataset
 from molsamp.potentials.training import TrainingConfig, train
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=200, help="labelled MD frames (train + validation)")
     parser.add_argument("--epochs", type=int, default=5)
@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--hidden-irreps", default="16x0e+16x1o")
     parser.add_argument("--output", type=Path, default=Path("ddp-mace"))
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rank, world = init_from_environment()
     device = local_device()
@@ -65,7 +65,7 @@ def main() -> None:
     )
     result = train(model, train_set, val_set, config, distributed=True)
     if rank != 0:
-        return
+        return None
     save_potential(model, args.output / "model.pt")
     epoch_seconds = [
         b["seconds"] - a["seconds"] for a, b in zip(result.history[:-1], result.history[1:], strict=True)
@@ -88,6 +88,7 @@ def main() -> None:
         f"(global batch {args.batch_size * world}); validation force MAE "
         f"{result.best_metrics['forces_mae']:.1f} kJ/mol/nm; saved {args.output / 'model.pt'}"
     )
+    return report
 
 
 if __name__ == "__main__":
