@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+VALIDATION_FRACTION = 0.1  # the last tenth of every walker's MD frames validates
+
 
 def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     from molsamp.flows.trajcast.physics import THERMOSTATS
@@ -148,11 +150,17 @@ def train_model(
         if restarts > 0:
             integrator = recipes.data_integrator(system_name, system, potential, seed + 10)
             extra = training.perturbed_restarts(
-                integrator, data.split(0.1)[0], restarts, restart_frames, stride, restart_noise, seed
+                integrator,
+                data.split(VALIDATION_FRACTION)[0],
+                restarts,
+                restart_frames,
+                stride,
+                restart_noise,
+                seed,
             )
     if distributed:
         data, extra, state = broadcast_from_root((data, extra, state))
-    train_set, val_set = data.split(0.1)
+    train_set, val_set = data.split(VALIDATION_FRACTION)
     if extra is not None:
         main = train_set.chunks(restart_frames)
         if restart_share is None:  # every segment holds as many windows: the share is the count's
@@ -229,8 +237,8 @@ def _check_training_arguments(
     # the last 10 % of every walker's frames validate: they must hold one window of the loss
     span = interval_steps // stride * rollout_steps
     frames = int(round(md_ps / (stride * timestep)))
-    if not max(1, round(0.1 * frames)) > span:
-        shortest = 10 * (span + 1) * stride * timestep
+    if not max(1, round(VALIDATION_FRACTION * frames)) > span:
+        shortest = (span + 1) / VALIDATION_FRACTION * stride * timestep
         raise ValueError(
             f"--md-ps {md_ps} ps is too short: the last 10 % of each walker's MD validates and must "
             f"span --interval-steps × --rollout-steps = {interval_steps * rollout_steps} MD steps; "
