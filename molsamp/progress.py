@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 from tqdm.auto import tqdm
@@ -17,7 +18,9 @@ class BudgetProgress:
     elapsed since it was made and shows the row's numbers named in ``shown``. Use it as a
     context manager, and pass it as the loop's ``callback``."""
 
-    def __init__(self, seconds: float, description: str, *, enabled: bool = True, shown=SHOWN):
+    def __init__(
+        self, seconds: float, description: str, *, enabled: bool = True, shown: Sequence[str] = SHOWN
+    ):
         self._start = time.perf_counter()
         self._shown = shown
         self._bar = tqdm(
