@@ -1,4 +1,5 @@
-"""Observables people look at: backbone dihedrals and Ramachandran free-energy maps."""
+"""Observables people look at: backbone dihedrals, Ramachandran free-energy maps, and the
+energies and temperature of a run."""
 
 from __future__ import annotations
 
@@ -61,6 +62,43 @@ def plot_ramachandran(
     axes.set(xlabel="φ (degrees)", ylabel="ψ (degrees)", title=title, xlim=(-180, 180), ylim=(-180, 180))
     axes.set_xticks(range(-180, 181, 90))
     axes.set_yticks(range(-180, 181, 90))
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def read_energies(energies_csv: str | Path) -> np.ndarray:
+    """(R, 6) rows of a :class:`~molsamp.io.CSVReporter` file: step, time (ps), potential,
+    kinetic and total energy (kJ/mol), temperature (K); shape (0, 6) before its first row."""
+    lines = Path(energies_csv).read_text(encoding="utf-8").splitlines()[1:]
+    return np.array([[float(value) for value in line.split(",")] for line in lines], dtype=float).reshape(
+        -1, 6
+    )
+
+
+def plot_energies(energies_csv: str | Path, path: str | Path, temperature: float | None = None) -> Path:
+    """Write a PNG of a :class:`~molsamp.io.CSVReporter` file: potential and total energy
+    (kJ/mol) and temperature (K, with the thermostat's ``temperature`` as a line) against time
+    (ps); returns its path. A file with no rows yet gives empty panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_energies(energies_csv)
+    time, potential, total, kinetic_temperature = rows[:, 1], rows[:, 2], rows[:, 4], rows[:, 5]
+    figure, (energy_axes, temperature_axes) = plt.subplots(2, 1, figsize=(6.0, 5.0), dpi=120, sharex=True)
+    energy_axes.plot(time, potential, lw=0.8, label="potential")
+    energy_axes.plot(time, total, lw=0.8, label="total")
+    energy_axes.set(ylabel="energy (kJ/mol)")
+    energy_axes.legend(loc="best", fontsize="small")
+    temperature_axes.plot(time, kinetic_temperature, lw=0.8, color="tab:red")
+    if temperature is not None:
+        temperature_axes.axhline(temperature, color="black", lw=0.8, ls="--", label=f"{temperature:g} K")
+        temperature_axes.legend(loc="best", fontsize="small")
+    temperature_axes.set(xlabel="time (ps)", ylabel="temperature (K)")
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path)

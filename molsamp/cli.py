@@ -7,9 +7,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from molsamp import systems
+from molsamp.analysis import plot_energies, read_energies
 from molsamp.flows.commands import (
     DEMO_BASIN_PAIRS,
     add_flow_arguments,
@@ -129,12 +131,22 @@ def run_md(args: argparse.Namespace, trajectory_format: str = "dcd") -> tuple:
         resume=args.resume,
         progress=not args.quiet,
     )
+    paths["energy_plot"] = plot_energies(paths["energies"], out / "energies.png", args.temperature)
     return system, state, paths
+
+
+def _print_md_summary(paths: dict[str, Path], temperature: float) -> None:
+    """Mean potential energy and temperature of the run's energies.csv, then its files."""
+    energies = read_energies(paths["energies"])
+    if len(energies):
+        print(f"mean potential energy: {energies[:, 2].mean():.2f} kJ/mol")
+        print(f"mean temperature: {energies[:, 5].mean():.1f} K (target {temperature} K)")
+    for name, path in paths.items():
+        print(f"{name}: {path}")
 
 
 def demo(args: argparse.Namespace) -> None:
     import mdtraj
-    import numpy as np
 
     from molsamp.analysis import backbone_dihedrals, plot_ramachandran
 
@@ -149,13 +161,9 @@ def demo(args: argparse.Namespace) -> None:
         args.output / "ramachandran.png",
         title=f"Alanine dipeptide, Langevin MD, {args.steps * args.timestep_fs / 1e6:g} ns",
     )
-    energies = np.loadtxt(paths["energies"], delimiter=",", skiprows=1, ndmin=2)
     print(f"frames: {trajectory.n_frames}")
-    print(f"mean potential energy: {energies[:, 2].mean():.2f} kJ/mol")
-    print(f"mean temperature: {energies[:, 5].mean():.1f} K (target {args.temperature} K)")
     print(f"fraction with phi > 0 (alpha_L / C7ax): {np.mean(phi > 0):.4f}")
-    for name, path in {**paths, "ramachandran": plot}.items():
-        print(f"{name}: {path}")
+    _print_md_summary({**paths, "ramachandran": plot}, args.temperature)
     scale = min(1.0, args.steps / 2_000_000)  # short (test) runs get a short flow section
     args.flow_minutes = 3.0 * scale if args.flow_minutes is None else args.flow_minutes
     args.flow_samples = max(500, int(20_000 * scale)) if args.flow_samples is None else args.flow_samples
@@ -202,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_forecast(args)
         else:
-            run_md(args, args.trajectory_format)
+            _, _, paths = run_md(args, args.trajectory_format)
+            _print_md_summary(paths, args.temperature)
     except (ValueError, FileNotFoundError, SimulationExploded) as error:
         print(f"molsamp {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ def test_demo_writes_trajectory_energies_checkpoint_and_plot(tmp_path, capsys):
     assert timewarp["chain"]["walkers"] == 16 and "timewarp acceptance" in printed
 
 
-def test_md_runs_a_builtin_system_and_resumes_to_a_longer_run(tmp_path):
+def test_md_runs_a_builtin_system_and_resumes_to_a_longer_run(tmp_path, capsys):
     out = tmp_path / "lj"
     args = [
         "md",
@@ -49,6 +49,12 @@ def test_md_runs_a_builtin_system_and_resumes_to_a_longer_run(tmp_path):
     assert main([*args, "--steps", "400", "--resume"]) == 0
     energies = np.loadtxt(out / "energies.csv", delimiter=",", skiprows=1)
     assert energies[:, 0].tolist() == list(range(50, 401, 50))
+    # the summary's means are the whole run's, and the plot covers it
+    printed = capsys.readouterr().out.split("mean potential energy: ")[-1]
+    assert printed.startswith(f"{energies[:, 2].mean():.2f} kJ/mol")
+    assert f"mean temperature: {energies[:, 5].mean():.1f} K (target 120.0 K)" in printed
+    assert f"energy_plot: {out / 'energies.png'}" in printed
+    assert (out / "energies.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     traj = mdtraj.load(str(out / "trajectory.dcd"), top=lennard_jones_fluid()[0].topology)
     assert traj.n_frames == 8
 
@@ -67,3 +73,13 @@ def test_md_bad_input_exits_with_a_clear_message(tmp_path, capsys, arguments, me
     arguments = [str(shipped_pdb("alanine_dipeptide")) if a == "PDB" else a for a in arguments]
     assert main(["md", "--steps", "10", "--output", str(tmp_path), "--quiet", *arguments]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_energy_reading_and_plot_take_a_file_with_no_rows_yet(tmp_path):
+    from molsamp.analysis import plot_energies, read_energies
+    from molsamp.io import CSVReporter
+
+    csv = tmp_path / "energies.csv"
+    csv.write_text(CSVReporter.HEADER + "\n")
+    assert read_energies(csv).shape == (0, 6)
+    assert plot_energies(csv, tmp_path / "energies.png", 300.0).is_file()

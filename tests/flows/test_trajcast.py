@@ -669,6 +669,7 @@ def test_cli_forecast_train_then_rollout(tmp_path, capsys):
     rows = np.loadtxt(roll_dir / "energies.csv", delimiter=",", skiprows=1)
     assert rows.shape == (4, 6) and np.isfinite(rows[:, 2]).all()  # Amber energies of forecast frames
     assert "forecast 20 steps of 0.01 ps" in capsys.readouterr().out
+    assert (roll_dir / "energies.png").read_bytes()[:4] == b"\x89PNG"  # Amber energies, temperature
     assert (
         load_checkpoint(roll_dir / "checkpoint.pt")["settings"]["thermostat"] == "StochasticVelocityRescaling"
     )

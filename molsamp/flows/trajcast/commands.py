@@ -295,6 +295,7 @@ def _run_train(args: argparse.Namespace) -> None:
 
 
 def _run_rollout(args: argparse.Namespace) -> None:
+    from molsamp.analysis import plot_energies
     from molsamp.flows.trajcast import recipes
     from molsamp.flows.trajcast.driver import rollout
     from molsamp.flows.trajcast.model import load_forecaster
@@ -323,8 +324,9 @@ def _run_rollout(args: argparse.Namespace) -> None:
         checkpoint_interval=args.checkpoint_interval, resume=args.resume, progress=not args.quiet,
     )  # fmt: skip
     seconds = time.perf_counter() - start
+    plot = plot_energies(out / "energies.csv", out / "energies.png", temperature)
     print(f"forecast {final.step} steps of {model.interval} ps = {final.time:.1f} ps in {seconds:.0f} s")
-    for path in (out / "energies.csv", out / "trajectory.dcd", out / "checkpoint.pt"):
+    for path in (out / "energies.csv", out / "trajectory.dcd", out / "checkpoint.pt", plot):
         print(path)
 
 
