@@ -1,5 +1,5 @@
-"""Observables people look at: backbone dihedrals, Ramachandran free-energy maps, and the
-energies and temperature of a run."""
+"""Observables people look at: backbone dihedrals, Ramachandran free-energy maps, the
+energies and temperature of a run, and training curves."""
 
 from __future__ import annotations
 
@@ -99,6 +99,35 @@ def plot_energies(energies_csv: str | Path, path: str | Path, temperature: float
         temperature_axes.axhline(temperature, color="black", lw=0.8, ls="--", label=f"{temperature:g} K")
         temperature_axes.legend(loc="best", fontsize="small")
     temperature_axes.set(xlabel="time (ps)", ylabel="temperature (K)")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_training_curves(
+    history: list[dict], x: str, curves: dict[str, str], path: str | Path, title: str = "training"
+) -> Path:
+    """Write a PNG of training history rows: one panel per ``curves`` entry (row key → panel
+    title, units included), against the rows' ``x`` (e.g. "epoch" or "step"), log scale for
+    positive values; rows without a key are skipped. Returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(curves), 1, figsize=(6.0, 2.2 * len(curves) + 0.6), dpi=120, sharex=True)
+    axes = np.atleast_1d(axes)
+    for panel, (key, label) in zip(axes, curves.items(), strict=True):
+        rows = [row for row in history if row.get(key) is not None and x in row]
+        values = np.array([float(row[key]) for row in rows])
+        panel.plot([row[x] for row in rows], values, marker="." if len(rows) < 50 else None, lw=0.9)
+        if len(values) and np.all(values > 0):
+            panel.set_yscale("log")
+        panel.set_title(label, fontsize="medium", loc="left")
+    figure.suptitle(title)
+    axes[-1].set(xlabel=x)
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path)

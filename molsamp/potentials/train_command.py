@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from molsamp.analysis import plot_training_curves
 from molsamp.devices import usable_device
 from molsamp.distributed import broadcast_from_root, init_from_environment, local_device
 from molsamp.potentials.datasets import AtomsDataset, alanine_dipeptide_md_dataset
@@ -131,11 +132,21 @@ def run(args: argparse.Namespace) -> dict:
     if rank != 0:
         return summary
     save_potential(model, args.output)
-    args.output.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    args.output.with_suffix(".json").write_text(json.dumps({**summary, "history": result.history}, indent=2))
+    curves = plot_training_curves(
+        result.history,
+        "epoch",
+        {
+            "forces_mae": "validation force MAE (kJ/mol/nm)",
+            "energy_mae_per_atom": "validation energy MAE (kJ/mol/atom)",
+        },
+        args.output.with_name(args.output.stem + "_training.png"),
+        f"molsamp train: {args.model}",
+    )
     print(
         f"validation: force MAE {summary['forces_mae']:.3f} kJ/mol/nm "
         f"({100 * summary['forces_mae_relative']:.2f} % of mean |F|), energy MAE "
         f"{summary['energy_mae_per_atom']:.4f} kJ/mol/atom after {result.epochs} epochs; "
-        f"saved {args.output}"
+        f"saved {args.output}; curves {curves}"
     )
     return summary

@@ -652,6 +652,7 @@ def test_cli_forecast_train_then_rollout(tmp_path, capsys):
     args += ["--restarts", "2", "--restart-noise", "0.005", "--restart-share", "0.25"]
     assert main(args) == 0
     assert (model_dir / "model.pt").is_file() and (model_dir / "training.json").is_file()
+    assert (model_dir / "training.png").read_bytes()[:4] == b"\x89PNG"
     report = json.loads((model_dir / "training.json").read_text())
     assert report["timings"]["restart_window_share"] == pytest.approx(0.25)  # 2 restarts, 4 MD segments
     # without --lr the dipeptide trains at its recipe's learning rate and weight average

@@ -32,7 +32,9 @@ def test_train_command_writes_a_loadable_model(tmp_path):
     assert code == 0
     model = load_potential(output)
     assert isinstance(model, TensorNet) and model.supported_atomic_numbers == [1, 8]
-    assert json.loads(output.with_suffix(".json").read_text())["epochs"] == 2
+    report = json.loads(output.with_suffix(".json").read_text())
+    assert report["epochs"] == 2 and [row["epoch"] for row in report["history"]] == [1, 2]
+    assert (tmp_path / "model_training.png").read_bytes()[:4] == b"\x89PNG"  # learning curves
 
 
 def test_train_command_reports_bad_input(tmp_path, capsys):

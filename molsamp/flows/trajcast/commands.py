@@ -247,6 +247,7 @@ def _check_training_arguments(
 
 
 def _run_train(args: argparse.Namespace) -> None:
+    from molsamp.analysis import plot_training_curves
     from molsamp.distributed import init_from_environment
     from molsamp.flows.trajcast.model import save_forecaster
 
@@ -290,7 +291,15 @@ def _run_train(args: argparse.Namespace) -> None:
         "noise_calibration": None if calibration is None else vars(calibration),
     }  # fmt: skip
     (out / "training.json").write_text(json.dumps(report, indent=2))
+    curves = plot_training_curves(
+        result.history,
+        "step",
+        {"val_loss": "validation loss (normalised)", "lr": "learning rate"},
+        out / "training.png",
+        f"molsamp forecast train: {args.system}",
+    )
     print(f"forecaster: {path} (interval {model.interval} ps = {args.interval_steps} MD steps)")
+    print(f"training curves: {curves}")
     print(f"validation loss {result.best_val_loss:.4f} after {result.steps} steps, {result.seconds:.0f} s")
 
 
