@@ -379,6 +379,7 @@ def alanine_study(
     compile: bool = False,
     restart_share: float | None = None,
     max_ell: int | None = None,
+    volume_states: int = 32,
 ) -> dict | None:
     from molsamp.analysis import free_energy_2d
     from molsamp.flows.ramachandran import phi_psi
@@ -482,7 +483,7 @@ def alanine_study(
             "forecast": potential.energy(f_frames.reshape(-1, system.n_atoms, 3)).numpy(),
         }
     k_f = internal_kinetic(fx, fv, system.masses, True)
-    contraction = _volume_change(model, system, same_x, same_v, settings.data_friction)
+    contraction = _volume_change(model, system, same_x, same_v, settings.data_friction, volume_states)
     n_dof = 3 * system.n_atoms - 6
 
     plt = _plt()
@@ -635,6 +636,7 @@ def main(argv=None) -> dict:
             args.alanine_restart_noise, args.alanine_rollout_restarts, args.alanine_channels, world > 1,
             args.alanine_walkers, args.alanine_lr, 50 if args.quick else 1000, not args.no_compile,
             restart_share=args.alanine_restart_share, max_ell=args.alanine_max_ell,
+            volume_states=4 if args.quick else 32,  # each costs 6N = 132 backward passes
         )  # fmt: skip
     if rank != 0:
         return {}

@@ -24,7 +24,7 @@ def test_example_and_benchmark_run_end_to_end(tmp_path):
     results = load("examples/boltzmann_alanine.py").main(
         # seed ≠ 0: the benchmark must rebuild the flow's coupling masks with the run's own seed
         # a short αL run as well: two training runs, the second started from with_phi_psi
-        ["--output", str(out), "--md-ns", "0.2", "--alpha-l-ns", "0.05", "--train-minutes", "0.5"]
+        ["--output", str(out), "--md-ns", "0.2", "--alpha-l-ns", "0.05", "--train-minutes", "0.25"]
         + ["--samples", "2000", "--seed", "3"]
     )
     assert results["n_samples"] == 2000 and 1.0 <= results["kish_ess"] <= 2000

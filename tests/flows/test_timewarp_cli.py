@@ -63,7 +63,7 @@ def test_timewarp_example_and_benchmark_run_end_to_end(tmp_path):
     report = load("examples/timewarp_alanine.py").main(
         [
             "--output", str(out), "--data-ns", "0.1", "--reference-ns", "0.1", "--train-minutes", "0.3", "--fine-tune-minutes", "0.1",
-            "--chain-minutes", "0.2", "--transfer-minutes", "0.1", "--walkers", "4", "--proposals", "2",
+            "--chain-minutes", "0.1", "--transfer-minutes", "0.1", "--walkers", "4", "--proposals", "2",
         ]
     )  # fmt: skip
     assert 0.0 <= report["alanine"]["chain"]["acceptance_rate"] <= 1.0
@@ -78,7 +78,7 @@ def test_timewarp_example_and_benchmark_run_end_to_end(tmp_path):
             "--torch-md-ps",
             "2",
             "--chain-seconds",
-            "10",
+            "5",
             "--walkers",
             "4",
         ]
