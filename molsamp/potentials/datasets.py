@@ -26,6 +26,17 @@ from molsamp.units import (
 )
 
 
+def _full_stress(value: np.ndarray, where: str) -> np.ndarray:
+    """A (3, 3) stress from ASE's 6 Voigt values (xx, yy, zz, yz, xz, xy) or 9 values."""
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    if value.size == 6:
+        return voigt_6_to_full_3x3_stress(value.reshape(6))
+    if value.size == 9:
+        return value.reshape(3, 3)
+    raise ValueError(f"{where}: a stress needs 6 (Voigt) or 9 values, got shape {value.shape}")
+
+
 @dataclass(frozen=True)
 class Structure:
     """One labelled structure (float64, CPU).
@@ -103,9 +114,14 @@ class AtomsDataset(torch.utils.data.Dataset):
 
     @classmethod
     def from_extxyz(
-        cls, path: str | Path, energy_key: str = "energy", forces_key: str = "forces"
+        cls,
+        path: str | Path,
+        energy_key: str = "energy",
+        forces_key: str = "forces",
+        stress_key: str = "stress",
     ) -> AtomsDataset:
-        """Read an extxyz file (energies in eV, forces eV/Å, stress eV/Å³ as ASE writes)."""
+        """Read an extxyz file (energies in eV, forces eV/Å, stress eV/Å³ as ASE writes: 6
+        Voigt or 9 values; read for periodic frames that have it)."""
         import ase.io
 
         path = Path(path)
@@ -125,10 +141,9 @@ class AtomsDataset(torch.utils.data.Dataset):
             cell = stress = None
             if any(atoms.pbc):
                 cell = torch.tensor(nm_from_angstrom(np.asarray(atoms.cell[:])))
-                if "stress" in results:  # ASE: Voigt, eV/Å³, σ = (1/V) ∂E/∂ε
-                    from ase.stress import voigt_6_to_full_3x3_stress
-
-                    full = voigt_6_to_full_3x3_stress(results["stress"])
+                value = atoms.info.get(stress_key, results.get(stress_key))
+                if value is not None:  # eV/Å³, σ = (1/V) ∂E/∂ε
+                    full = _full_stress(np.asarray(value, dtype=float), f"{path}, frame {k}, {stress_key!r}")
                     stress = torch.tensor(kj_per_mol_from_ev(full) * angstrom_from_nm(1.0) ** 3)
             structures.append(
                 Structure(

@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--energy-key", default="energy", help="extxyz energy field")
     parser.add_argument("--forces-key", default="forces", help="extxyz forces field")
+    parser.add_argument("--stress-key", default="stress", help="extxyz stress field (periodic data)")
     parser.add_argument("--model", choices=["mace", "tensornet"], default="mace")
     parser.add_argument("--r-max", type=float, default=0.5, help="cutoff in nm (default 0.5)")
     parser.add_argument("--hidden-irreps", default="64x0e+64x1o", help="MACE node features")
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> dict:
     data = None
     if rank == 0:
         if args.data is not None:
-            data = AtomsDataset.from_extxyz(args.data, args.energy_key, args.forces_key)
+            data = AtomsDataset.from_extxyz(args.data, args.energy_key, args.forces_key, args.stress_key)
         else:
             data = alanine_dipeptide_md_dataset(args.alanine_frames, seed=args.seed)
         if args.save_data is not None:

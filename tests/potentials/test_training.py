@@ -95,6 +95,27 @@ def test_extxyz_units_are_converted(tmp_path):
     assert data.elements() == [1, 8]
 
 
+def test_extxyz_labels_under_other_keys_are_read_with_their_stress(tmp_path):
+    """Data sets often store reference labels as REF_energy, REF_forces and a 3 × 3 (9-value)
+    REF_stress in the frame's info; stress_key reads the last, in eV/Å³, as it reads Voigt."""
+    stress = np.array([[1.0, 0.4, 0.5], [0.4, 2.0, 0.6], [0.5, 0.6, 3.0]]) * 1e-3
+    atoms = ase.Atoms(
+        "OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], cell=4 * np.eye(3), pbc=True
+    )
+    atoms.info.update(REF_energy=-1.5, REF_stress=stress)
+    atoms.arrays["REF_forces"] = np.full((3, 3), 0.2)
+    path = tmp_path / "ref.extxyz"
+    ase.io.write(path, [atoms], format="extxyz")
+    data = AtomsDataset.from_extxyz(path, "REF_energy", "REF_forces", "REF_stress")
+    torch.testing.assert_close(data[0].stress, torch.tensor(stress * KJ_PER_MOL_PER_EV * 1000))
+    assert data[0].energy.item() == pytest.approx(-1.5 * KJ_PER_MOL_PER_EV)
+    assert AtomsDataset.from_extxyz(path, "REF_energy", "REF_forces")[0].stress is None  # no "stress"
+    atoms.info["REF_stress"] = np.ones(4)
+    ase.io.write(path, [atoms], format="extxyz")
+    with pytest.raises(ValueError, match=r"frame 0, 'REF_stress': a stress needs 6 \(Voigt\) or 9 values"):
+        AtomsDataset.from_extxyz(path, "REF_energy", "REF_forces", "REF_stress")
+
+
 def test_extxyz_written_then_read_gives_the_same_structures(tmp_path):
     """to_extxyz writes eV and Å; from_extxyz converts back: the round trip is the identity,
     periodic with stress and isolated, and ASE reads the labels in eV. ASE writes per-atom
