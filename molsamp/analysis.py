@@ -49,11 +49,7 @@ def plot_ramachandran(
     weights: np.ndarray | None = None,
 ) -> Path:
     """Write a PNG of F(φ, ψ) in kJ/mol; returns its path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     free_energy, edges = free_energy_2d(phi, psi, temperature, weights=weights)
     degrees = np.degrees(edges)
     figure, axes = plt.subplots(figsize=(5.2, 4.4), dpi=120)
@@ -62,11 +58,7 @@ def plot_ramachandran(
     axes.set(xlabel="φ (degrees)", ylabel="ψ (degrees)", title=title, xlim=(-180, 180), ylim=(-180, 180))
     axes.set_xticks(range(-180, 181, 90))
     axes.set_yticks(range(-180, 181, 90))
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def read_energies(energies_csv: str | Path) -> np.ndarray:
@@ -82,11 +74,7 @@ def plot_energies(energies_csv: str | Path, path: str | Path, temperature: float
     """Write a PNG of a :class:`~molsamp.io.CSVReporter` file: potential and total energy
     (kJ/mol) and temperature (K, with the thermostat's ``temperature`` as a line) against time
     (ps); returns its path. A file with no rows yet gives empty panels."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     rows = read_energies(energies_csv)
     time, potential, total, kinetic_temperature = rows[:, 1], rows[:, 2], rows[:, 4], rows[:, 5]
     figure, (energy_axes, temperature_axes) = plt.subplots(2, 1, figsize=(6.0, 5.0), dpi=120, sharex=True)
@@ -99,11 +87,7 @@ def plot_energies(energies_csv: str | Path, path: str | Path, temperature: float
         temperature_axes.axhline(temperature, color="black", lw=0.8, ls="--", label=f"{temperature:g} K")
         temperature_axes.legend(loc="best", fontsize="small")
     temperature_axes.set(xlabel="time (ps)", ylabel="temperature (K)")
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def plot_training_curves(
@@ -112,11 +96,7 @@ def plot_training_curves(
     """Write a PNG of training history rows: one panel per ``curves`` entry (row key → panel
     title, units included), against the rows' ``x`` (e.g. "epoch" or "step"), log scale for
     positive values; rows without a key are skipped. Returns the path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     figure, axes = plt.subplots(len(curves), 1, figsize=(6.0, 2.2 * len(curves) + 0.6), dpi=120, sharex=True)
     axes = np.atleast_1d(axes)
     for panel, (key, label) in zip(axes, curves.items(), strict=True):
@@ -128,6 +108,23 @@ def plot_training_curves(
         panel.set_title(label, fontsize="medium", loc="left")
     figure.suptitle(title)
     axes[-1].set(xlabel=x)
+    return _save(figure, path)
+
+
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: str | Path) -> Path:
+    """Lay out, write and close ``figure``; returns the PNG's path."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     path = Path(path)
     figure.savefig(path)
